@@ -1,0 +1,2 @@
+//! relay's control plane.
+pub mod ebpf;
