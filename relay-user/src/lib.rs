@@ -1,2 +1,8 @@
-//! relay's control plane.
+//! relay's control plane: configuration, the data-plane API (XDP program plus
+//! userspace forwarder), the control socket, and the pieces `relayd` and
+//! `relayctl` are built from.
+pub mod config;
+pub mod control;
+pub mod dataplane;
 pub mod ebpf;
+pub mod rule;

@@ -1,0 +1,145 @@
+//! relayd: the relay daemon. Loads the configuration, starts the data plane
+//! (XDP plus userspace forwarder, or the forwarder alone), serves the control
+//! socket, logs latch events, and on SIGTERM/SIGINT detaches cleanly.
+
+use std::{
+    path::PathBuf,
+    process::ExitCode,
+    sync::{Arc, Mutex},
+    time::Instant,
+};
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use relay_common::LatchEvent;
+use relay_user::{
+    config::{Config, DataplaneMode},
+    control,
+    dataplane::{Dataplane, LatchNotice},
+};
+use tokio::{io::unix::AsyncFd, signal::unix::SignalKind, sync::mpsc};
+use tracing::{error, info, warn};
+
+#[derive(Parser)]
+#[command(version, about = "relay daemon: XDP-accelerated SIP/RTP media relay")]
+struct Args {
+    /// Configuration file (TOML).
+    #[arg(short, long, default_value = "/etc/relay/relay.toml")]
+    config: PathBuf,
+    /// Override the configured data-plane mode.
+    #[arg(long, value_enum)]
+    dataplane: Option<DataplaneMode>,
+    /// Override the configured control socket path.
+    #[arg(long)]
+    control_socket: Option<PathBuf>,
+}
+
+/// Exit code for a configuration the daemon cannot use.
+const EXIT_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RELAY_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let (mut config, interfaces) = match Config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("relayd: configuration error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if let Some(mode) = args.dataplane {
+        config.dataplane.mode = mode;
+    }
+    if let Some(path) = args.control_socket {
+        config.control.socket = path;
+    }
+    // One thread: the relay's userspace work stays on one core, where an
+    // operator can pin it; the fast path is in the kernel anyway.
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("relayd: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config, interfaces)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            eprintln!("relayd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config, interfaces: Vec<relay_user::config::Interface>) -> Result<()> {
+    let started = Instant::now();
+    let (events_tx, mut events_rx) = mpsc::unbounded_channel();
+    let mut dp = Dataplane::start(&config, interfaces, events_tx.clone())?;
+    info!(
+        mode = ?dp.mode(),
+        interfaces = ?dp.interfaces().iter().map(|i| (&i.name, &i.device, i.address)).collect::<Vec<_>>(),
+        rules = dp.rules().count(),
+        "data plane up"
+    );
+    if let Some(ring) = dp.take_kernel_events() {
+        // SAFETY: the ring buffer owns its fd and lives inside the AsyncFd,
+        // so the fd stays open exactly as long as it is registered.
+        let fd = unsafe { AsyncFd::register(ring) }
+            .map_err(|e| anyhow::anyhow!("watching the latch event ring buffer: {e}"))?;
+        tokio::spawn(kernel_events(fd, events_tx));
+    }
+    tokio::spawn(async move {
+        while let Some(n) = events_rx.recv().await {
+            info!(rule = n.rule_id, local = %n.local, source = %n.source, ssrc = format!("{:#010x}", n.ssrc), path = n.path, "source latched");
+        }
+    });
+
+    let dp = Arc::new(Mutex::new(dp));
+    let listener = control::bind(&config.control.socket)?;
+    info!(socket = %config.control.socket.display(), "control socket ready");
+    let server = tokio::spawn(control::serve(listener, dp.clone(), started));
+
+    let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => info!("SIGINT: shutting down"),
+    }
+    server.abort();
+    let _ = std::fs::remove_file(&config.control.socket);
+    let _ = server.await;
+    dp.lock().unwrap_or_else(|p| p.into_inner()).shutdown();
+    Ok(())
+}
+
+async fn kernel_events(
+    mut fd: AsyncFd<aya::maps::RingBuf<aya::maps::MapData>>,
+    tx: mpsc::UnboundedSender<LatchNotice>,
+) {
+    loop {
+        let mut guard = match fd.readable_mut().await {
+            Ok(g) => g,
+            Err(e) => {
+                warn!(error = %e, "latch event ring buffer");
+                return;
+            }
+        };
+        let ring = guard.get_inner_mut();
+        while let Some(item) = ring.next() {
+            if item.len() >= size_of::<LatchEvent>() {
+                // SAFETY: the kernel wrote a whole LatchEvent (size checked);
+                // read_unaligned makes no alignment assumption.
+                let event: LatchEvent =
+                    unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<LatchEvent>()) };
+                let _ = tx.send(LatchNotice::from_kernel(&event));
+            }
+        }
+        guard.clear_ready();
+    }
+}

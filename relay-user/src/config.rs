@@ -1,0 +1,269 @@
+//! `relayd`'s TOML configuration: parsing and validation, no I/O beyond
+//! reading the file. Every error names the field it is about.
+
+use std::{
+    collections::HashSet,
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub dataplane: DataplaneConfig,
+    #[serde(default)]
+    pub control: ControlConfig,
+    /// Interfaces the relay anchors media on.
+    #[serde(rename = "interface")]
+    pub interfaces: Vec<InterfaceConfig>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DataplaneMode {
+    /// XDP fast path, with the userspace forwarder for what XDP passes up.
+    #[default]
+    Xdp,
+    /// Userspace forwarder only (no root, or no XDP).
+    Userspace,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    /// Driver (native) mode, falling back to generic mode with a warning.
+    #[default]
+    Auto,
+    /// Driver mode or fail.
+    Driver,
+    /// Generic (skb) mode.
+    Generic,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataplaneConfig {
+    pub mode: DataplaneMode,
+    pub attach: AttachMode,
+    /// bpffs directory the maps are pinned in.
+    pub pin_path: PathBuf,
+    /// Capacity of the flow maps (rules).
+    pub max_flows: u32,
+}
+
+impl Default for DataplaneConfig {
+    fn default() -> Self {
+        Self {
+            mode: DataplaneMode::Xdp,
+            attach: AttachMode::Auto,
+            pin_path: PathBuf::from("/sys/fs/bpf/relay"),
+            max_flows: relay_common::maps::MAX_FLOWS,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlConfig {
+    /// Unix socket `relayctl` talks to.
+    pub socket: PathBuf,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        Self {
+            socket: PathBuf::from(DEFAULT_CONTROL_SOCKET),
+        }
+    }
+}
+
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/relay/relayd.sock";
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct InterfaceConfig {
+    /// Name the rest of the configuration uses ("inside", "outside").
+    pub name: String,
+    /// Network device to attach XDP to.
+    pub device: String,
+    /// Relay address on that device.
+    pub address: IpAddr,
+    /// Media port range, "min-max".
+    pub ports: String,
+}
+
+/// A validated interface with its parsed port range.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Interface {
+    pub name: String,
+    pub device: String,
+    pub address: IpAddr,
+    pub port_min: u16,
+    pub port_max: u16,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: {field}: {message}")]
+    Invalid {
+        path: PathBuf,
+        field: String,
+        message: String,
+    },
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<(Config, Vec<Interface>), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<(Config, Vec<Interface>), ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            message: e.to_string().trim_end().replace('\n', " "),
+        })?;
+        let interfaces = config.validate().map_err(|(field, message)| ConfigError::Invalid {
+            path: path.into(),
+            field,
+            message,
+        })?;
+        Ok((config, interfaces))
+    }
+
+    fn validate(&self) -> Result<Vec<Interface>, (String, String)> {
+        if self.interfaces.is_empty() {
+            return Err(("interface".into(), "at least one [[interface]] is required".into()));
+        }
+        if self.dataplane.max_flows == 0 || self.dataplane.max_flows > 16_000_000 {
+            return Err((
+                "dataplane.max_flows".into(),
+                format!("{} is outside 1..=16000000", self.dataplane.max_flows),
+            ));
+        }
+        let mut names = HashSet::new();
+        let mut addresses = HashSet::new();
+        let mut out = Vec::new();
+        for (i, iface) in self.interfaces.iter().enumerate() {
+            let field = |f: &str| format!("interface[{i}].{f}");
+            if iface.name.is_empty() || !names.insert(iface.name.as_str()) {
+                return Err((field("name"), format!("{:?} is empty or used twice", iface.name)));
+            }
+            if iface.device.is_empty() || iface.device.len() > 15 {
+                return Err((field("device"), format!("{:?} is not a device name", iface.device)));
+            }
+            if iface.address.is_unspecified() || iface.address.is_multicast() {
+                return Err((field("address"), format!("{} is not a unicast address", iface.address)));
+            }
+            if !addresses.insert(iface.address) {
+                return Err((field("address"), format!("{} is used twice", iface.address)));
+            }
+            let (min, max) = parse_range(&iface.ports).map_err(|m| (field("ports"), m))?;
+            out.push(Interface {
+                name: iface.name.clone(),
+                device: iface.device.clone(),
+                address: iface.address,
+                port_min: min,
+                port_max: max,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// "30000-39999": an even start and an odd end, so RTP/RTCP pairs fit.
+fn parse_range(s: &str) -> Result<(u16, u16), String> {
+    let bad = || format!("{s:?} is not a port range like \"30000-39999\"");
+    let (a, b) = s.split_once('-').ok_or_else(bad)?;
+    let min: u16 = a.trim().parse().map_err(|_| bad())?;
+    let max: u16 = b.trim().parse().map_err(|_| bad())?;
+    if min < 1024 || min > max {
+        return Err(format!("{s:?}: need 1024 <= min <= max"));
+    }
+    if min % 2 != 0 || max % 2 != 1 {
+        return Err(format!("{s:?}: need an even first port and an odd last port (RTP/RTCP pairs)"));
+    }
+    Ok((min, max))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[dataplane]
+mode = "xdp"
+pin_path = "/sys/fs/bpf/relay-test"
+
+[control]
+socket = "/tmp/relayd.sock"
+
+[[interface]]
+name = "inside"
+device = "veth-in"
+address = "192.0.2.1"
+ports = "30000-30999"
+
+[[interface]]
+name = "outside"
+device = "veth-out"
+address = "2001:db8::1"
+ports = "40000-40999"
+"#;
+
+    fn err(text: &str) -> String {
+        Config::parse(text, Path::new("relay.toml")).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn parses_good_config() {
+        let (c, ifs) = Config::parse(GOOD, Path::new("relay.toml")).unwrap();
+        assert_eq!(c.dataplane.mode, DataplaneMode::Xdp);
+        assert_eq!(c.dataplane.attach, AttachMode::Auto);
+        assert_eq!(ifs.len(), 2);
+        assert_eq!((ifs[0].port_min, ifs[0].port_max), (30000, 30999));
+        assert_eq!(ifs[1].address, "2001:db8::1".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = err(&GOOD.replace("30000-30999", "30001-30999"));
+        assert!(e.contains("interface[0].ports"), "{e}");
+        let e = err(&GOOD.replace("\"192.0.2.1\"", "\"192.0.2.300\""));
+        assert!(e.contains("address"), "{e}");
+        let e = err(&GOOD.replace("mode = \"xdp\"", "mode = \"turbo\""));
+        assert!(e.contains("mode") || e.contains("turbo"), "{e}");
+        let e = err(&GOOD.replace("pin_path", "pin_pth"));
+        assert!(e.contains("pin_pth"), "{e}");
+        let e = err(&GOOD.replace("\"veth-out\"", "\"veth-in\"").replace("outside", "inside"));
+        assert!(e.contains("interface[1].name"), "{e}");
+        let e = err("[dataplane]\nmode = \"xdp\"\n");
+        assert!(e.contains("interface"), "{e}");
+        let e = err(&GOOD.replace("2001:db8::1", "192.0.2.1"));
+        assert!(e.contains("interface[1].address"), "{e}");
+    }
+
+    #[test]
+    fn defaults() {
+        let (c, _) = Config::parse(
+            "[[interface]]\nname=\"a\"\ndevice=\"lo\"\naddress=\"127.0.0.1\"\nports=\"2000-2001\"\n",
+            Path::new("x"),
+        )
+        .unwrap();
+        assert_eq!(c.dataplane, DataplaneConfig::default());
+        assert_eq!(c.control.socket, PathBuf::from(DEFAULT_CONTROL_SOCKET));
+    }
+}

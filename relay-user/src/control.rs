@@ -1,0 +1,226 @@
+//! The control socket: one JSON object per line each way, over a Unix socket
+//! that only root may open (mode 0600). `relayctl` is its client. The schema
+//! is versioned (`v`) and documented in docs/control-api.md.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::SocketAddr,
+    os::unix::{fs::PermissionsExt, net::UnixStream},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, anyhow};
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader as TokioBufReader},
+    net::{UnixListener, UnixStream as TokioUnixStream},
+};
+use tracing::{debug, warn};
+
+use crate::{dataplane::Dataplane, rule::Rule};
+
+/// Version of the request/response schema.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Longest request line accepted; longer ones close the connection.
+const MAX_LINE: usize = 1 << 20;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Request {
+    /// Version, uptime, data-plane mode.
+    Version,
+    /// Install or replace the rule on `rule.local`.
+    AddRule { rule: Rule },
+    /// Remove the rule on `local`.
+    DelRule { local: SocketAddr },
+    /// Every rule with its figures.
+    Rules,
+    /// One rule with its figures.
+    Rule { local: SocketAddr },
+    /// Global counters.
+    Counters,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Response {
+    pub v: u32,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+}
+
+impl Response {
+    fn ok(result: serde_json::Value) -> Self {
+        Self {
+            v: SCHEMA_VERSION,
+            ok: true,
+            error: None,
+            result: Some(result),
+        }
+    }
+    fn err(message: String) -> Self {
+        Self {
+            v: SCHEMA_VERSION,
+            ok: false,
+            error: Some(message),
+            result: None,
+        }
+    }
+}
+
+/// Answers one request line. Never panics on input.
+pub fn handle_line(line: &str, dp: &Mutex<Dataplane>, started: Instant) -> Response {
+    let request: Request = match serde_json::from_str(line) {
+        Ok(r) => r,
+        Err(e) => return Response::err(format!("bad request: {e}")),
+    };
+    let mut dp = dp.lock().unwrap_or_else(|p| p.into_inner());
+    let result = match request {
+        Request::Version => Ok(serde_json::json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "schema": SCHEMA_VERSION,
+            "uptime_s": started.elapsed().as_secs(),
+            "dataplane": format!("{:?}", dp.mode()).to_lowercase(),
+            "rules": dp.rules().count(),
+            "bound_endpoints": dp.bound_endpoints(),
+        })),
+        Request::AddRule { rule } => dp.install(rule).map(|r| to_json(&r)),
+        Request::DelRule { local } => dp.remove(local).map(|r| to_json(&r)),
+        Request::Rules => Ok(to_json(&dp.views())),
+        Request::Rule { local } => dp
+            .view(local)
+            .map(|v| to_json(&v))
+            .ok_or_else(|| anyhow!("no rule on {local}")),
+        Request::Counters => Ok(to_json(&dp.counters())),
+    };
+    match result {
+        Ok(v) => Response::ok(v),
+        Err(e) => Response::err(format!("{e:#}")),
+    }
+}
+
+fn to_json<T: Serialize>(t: &T) -> serde_json::Value {
+    serde_json::to_value(t).unwrap_or_else(|e| serde_json::json!({ "serialize_error": e.to_string() }))
+}
+
+/// Binds the control socket (replacing a stale one), mode 0600.
+pub fn bind(path: &Path) -> Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            anyhow::bail!("another relayd is serving {}", path.display());
+        }
+        std::fs::remove_file(path).with_context(|| format!("removing stale {}", path.display()))?;
+    }
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("binding control socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Serves control connections until the task is dropped.
+pub async fn serve(listener: UnixListener, dp: Arc<Mutex<Dataplane>>, started: Instant) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(connection(stream, dp.clone(), started));
+            }
+            Err(e) => {
+                warn!(error = %e, "control socket accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn connection(stream: TokioUnixStream, dp: Arc<Mutex<Dataplane>>, started: Instant) {
+    let (read, mut write) = stream.into_split();
+    let mut reader = TokioBufReader::new(read);
+    loop {
+        // Bounded: a peer that never sends a newline cannot grow our memory.
+        let mut buf = Vec::new();
+        match (&mut reader).take(MAX_LINE as u64 + 1).read_until(b'\n', &mut buf).await {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) => {
+                debug!(error = %e, "control connection");
+                return;
+            }
+        }
+        if buf.last() != Some(&b'\n') {
+            if buf.len() > MAX_LINE {
+                let _ = write
+                    .write_all(b"{\"v\":1,\"ok\":false,\"error\":\"request too long\"}\n")
+                    .await;
+            }
+            return;
+        }
+        let response = handle_line(&String::from_utf8_lossy(&buf), &dp, started);
+        let mut out = serde_json::to_vec(&response).unwrap_or_default();
+        out.push(b'\n');
+        if write.write_all(&out).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Why `relayctl` could not reach relayd, in one line.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("relayd is not running (no control socket at {0})")]
+    NotRunning(PathBuf),
+    #[error("permission denied on {0} (relayctl needs root, like relayd)")]
+    Permission(PathBuf),
+    #[error("control socket {0}: {1}")]
+    Io(PathBuf, std::io::Error),
+    #[error("relayd: {0}")]
+    Remote(String),
+    #[error("control socket {0}: unreadable reply: {1}")]
+    Protocol(PathBuf, String),
+}
+
+/// A blocking client, one request per call.
+pub struct Client {
+    path: PathBuf,
+    stream: BufReader<UnixStream>,
+}
+
+impl Client {
+    pub fn connect(path: &Path) -> Result<Self, ClientError> {
+        let stream = UnixStream::connect(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+                ClientError::NotRunning(path.into())
+            }
+            std::io::ErrorKind::PermissionDenied => ClientError::Permission(path.into()),
+            _ => ClientError::Io(path.into(), e),
+        })?;
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+        Ok(Self {
+            path: path.into(),
+            stream: BufReader::new(stream),
+        })
+    }
+
+    pub fn call(&mut self, request: &Request) -> Result<serde_json::Value, ClientError> {
+        let mut line = serde_json::to_vec(request).map_err(|e| ClientError::Protocol(self.path.clone(), e.to_string()))?;
+        line.push(b'\n');
+        let io = |e| ClientError::Io(self.path.clone(), e);
+        self.stream.get_mut().write_all(&line).map_err(io)?;
+        let mut reply = String::new();
+        self.stream.read_line(&mut reply).map_err(|e| ClientError::Io(self.path.clone(), e))?;
+        let response: Response = serde_json::from_str(&reply)
+            .map_err(|e| ClientError::Protocol(self.path.clone(), e.to_string()))?;
+        if response.ok {
+            Ok(response.result.unwrap_or(serde_json::Value::Null))
+        } else {
+            Err(ClientError::Remote(response.error.unwrap_or_default()))
+        }
+    }
+}

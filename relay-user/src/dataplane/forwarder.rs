@@ -1,0 +1,278 @@
+//! The userspace forwarder: the same rules, source policies, sanity checks,
+//! rate limits and counters as the XDP program, on ordinary UDP sockets.
+//!
+//! It holds a socket on every relay endpoint a rule uses. With XDP attached it
+//! sees only what the program passes up (neighbour unresolved, VLAN, address
+//! family change, `userspace` rules); with `--dataplane userspace` it is the
+//! whole data plane.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use anyhow::{Context, Result};
+use relay_common::{
+    DROP_REASONS, DropReason, FlowRule, FlowState, FlowStats,
+    policy::{self, SourceCheck},
+};
+use tokio::{net::UdpSocket, sync::mpsc, task::JoinHandle};
+use tracing::debug;
+
+use super::{LatchNotice, monotonic_ns};
+use crate::rule::{self, Path, Rule};
+
+/// One rule as the forwarder keeps it.
+struct Entry {
+    rule: Rule,
+    kernel: FlowRule,
+    state: FlowState,
+    stats: FlowStats,
+    out: Arc<UdpSocket>,
+}
+
+/// A bound relay endpoint and how many rules use it.
+struct Endpoint {
+    socket: Arc<UdpSocket>,
+    users: usize,
+    task: JoinHandle<()>,
+}
+
+struct Shared {
+    entries: Mutex<HashMap<SocketAddr, Entry>>,
+    drops: [AtomicU64; DROP_REASONS],
+    forwarded: AtomicU64,
+    events: mpsc::UnboundedSender<LatchNotice>,
+}
+
+pub struct Forwarder {
+    shared: Arc<Shared>,
+    endpoints: HashMap<SocketAddr, Endpoint>,
+}
+
+impl Forwarder {
+    pub fn new(events: mpsc::UnboundedSender<LatchNotice>) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                entries: Mutex::new(HashMap::new()),
+                drops: Default::default(),
+                forwarded: AtomicU64::new(0),
+                events,
+            }),
+            endpoints: HashMap::new(),
+        }
+    }
+
+    /// Installs or replaces a rule, binding its endpoints. A replaced rule
+    /// keeps its learned source unless `reset_state`.
+    pub fn install(&mut self, rule: &Rule, kernel: FlowRule, reset_state: bool) -> Result<()> {
+        let old = self.lock().get(&rule.local).map(|e| e.rule.clone());
+        // Bind the new endpoints before letting go of the old ones, so a
+        // failure leaves the previous rule working.
+        self.acquire(rule.local)?;
+        if let Err(e) = self.acquire(rule.out_src) {
+            self.release(rule.local);
+            return Err(e);
+        }
+        if let Some(old) = &old {
+            self.release(old.local);
+            self.release(old.out_src);
+        }
+        let out = self.endpoints[&rule.out_src].socket.clone();
+        let mut entries = self.lock();
+        let (state, stats) = match entries.remove(&rule.local) {
+            Some(e) if !reset_state => (e.state, e.stats),
+            Some(e) => (FlowState::default(), e.stats),
+            None => Default::default(),
+        };
+        entries.insert(
+            rule.local,
+            Entry {
+                rule: rule.clone(),
+                kernel,
+                state,
+                stats,
+                out,
+            },
+        );
+        Ok(())
+    }
+
+    pub fn remove(&mut self, local: SocketAddr) -> Option<Rule> {
+        let entry = self.lock().remove(&local)?;
+        self.release(entry.rule.local);
+        self.release(entry.rule.out_src);
+        Some(entry.rule)
+    }
+
+    pub fn stats(&self, local: SocketAddr) -> FlowStats {
+        self.lock().get(&local).map(|e| e.stats).unwrap_or_default()
+    }
+
+    pub fn state(&self, local: SocketAddr) -> Option<FlowState> {
+        self.lock().get(&local).map(|e| e.state)
+    }
+
+    /// Global drops by [`DropReason`] and the number of packets forwarded.
+    pub fn counters(&self) -> ([u64; DROP_REASONS], u64) {
+        let mut drops = [0; DROP_REASONS];
+        for (o, c) in drops.iter_mut().zip(&self.shared.drops) {
+            *o = c.load(Ordering::Relaxed);
+        }
+        (drops, self.shared.forwarded.load(Ordering::Relaxed))
+    }
+
+    /// How many sockets are bound (for leak checks).
+    pub fn bound_endpoints(&self) -> usize {
+        self.endpoints.len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Entry>> {
+        // A panic while holding the lock cannot leave an entry half-written
+        // (entries are replaced whole), so a poisoned lock is still usable.
+        self.shared.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn acquire(&mut self, addr: SocketAddr) -> Result<()> {
+        if let Some(ep) = self.endpoints.get_mut(&addr) {
+            ep.users += 1;
+            return Ok(());
+        }
+        let std_socket = std::net::UdpSocket::bind(addr)
+            .with_context(|| format!("binding relay endpoint {addr}"))?;
+        std_socket.set_nonblocking(true)?;
+        let socket = Arc::new(UdpSocket::from_std(std_socket)?);
+        let task = tokio::spawn(serve(socket.clone(), addr, self.shared.clone()));
+        self.endpoints.insert(
+            addr,
+            Endpoint {
+                socket,
+                users: 1,
+                task,
+            },
+        );
+        Ok(())
+    }
+
+    fn release(&mut self, addr: SocketAddr) {
+        if let Some(ep) = self.endpoints.get_mut(&addr) {
+            ep.users -= 1;
+            if ep.users == 0 {
+                ep.task.abort();
+                self.endpoints.remove(&addr);
+            }
+        }
+    }
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        for ep in self.endpoints.values() {
+            ep.task.abort();
+        }
+    }
+}
+
+/// Receives on one relay endpoint and forwards what the rules allow.
+async fn serve(socket: Arc<UdpSocket>, local: SocketAddr, shared: Arc<Shared>) {
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let (len, from) = match socket.recv_from(&mut buf).await {
+            Ok(r) => r,
+            Err(e) => {
+                // ICMP errors from earlier sends surface here; keep serving.
+                debug!(%local, error = %e, "recv");
+                continue;
+            }
+        };
+        let Some((out, dst)) = decide(&shared, local, from, &buf[..len]) else {
+            continue;
+        };
+        if let Err(e) = out.send_to(&buf[..len], dst).await {
+            debug!(%local, %dst, error = %e, "send");
+        }
+    }
+}
+
+/// The per-packet decision; mirrors the XDP program step for step.
+fn decide(
+    shared: &Shared,
+    local: SocketAddr,
+    from: SocketAddr,
+    payload: &[u8],
+) -> Option<(Arc<UdpSocket>, SocketAddr)> {
+    let now = monotonic_ns();
+    let mut entries = shared.entries.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(entry) = entries.get_mut(&local) else {
+        count_drop(shared, DropReason::NoFlow);
+        return None;
+    };
+    let verdict = check(entry, from, payload, now);
+    match verdict {
+        Err(reason) => {
+            entry.stats.drops[reason as usize] += 1;
+            count_drop(shared, reason);
+            None
+        }
+        Ok(latched) => {
+            if latched {
+                let _ = shared.events.send(LatchNotice {
+                    rule_id: entry.rule.id,
+                    local,
+                    source: from,
+                    ssrc: entry.state.ssrc,
+                    path: "userspace",
+                });
+            }
+            entry.stats.packets += 1;
+            entry.stats.bytes += payload.len() as u64;
+            entry.stats.last_seen_ns = now;
+            shared.forwarded.fetch_add(1, Ordering::Relaxed);
+            Some((entry.out.clone(), entry.rule.dst))
+        }
+    }
+}
+
+/// Ok(true) when this packet latched the rule's source.
+fn check(entry: &mut Entry, from: SocketAddr, payload: &[u8], now: u64) -> Result<bool, DropReason> {
+    if entry.rule.path == Path::Block {
+        return Err(DropReason::Blocked);
+    }
+    let (first, second) = match payload {
+        [a, b, ..] => (*a, *b),
+        _ => (0, 0),
+    };
+    policy::check_rtp(payload.len(), first)?;
+    let off = policy::ssrc_offset(second);
+    let ssrc = u32::from_be_bytes([payload[off], payload[off + 1], payload[off + 2], payload[off + 3]]);
+    let src = rule::addr_of(canonical(from).ip());
+    let latched = policy::check_source(
+        &entry.kernel,
+        &mut entry.state,
+        &src,
+        from.port().to_be_bytes(),
+        ssrc,
+        now,
+    )? == SourceCheck::Latched;
+    policy::check_rate(&entry.kernel, &mut entry.state, now)?;
+    Ok(latched)
+}
+
+/// IPv4-mapped IPv6 sources (dual-stack sockets) compare as IPv4.
+fn canonical(a: SocketAddr) -> SocketAddr {
+    match a {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
+            None => a,
+        },
+        v4 => v4,
+    }
+}
+
+fn count_drop(shared: &Shared, reason: DropReason) {
+    shared.drops[reason as usize].fetch_add(1, Ordering::Relaxed);
+}

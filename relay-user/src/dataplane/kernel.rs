@@ -1,0 +1,182 @@
+//! Loading the XDP program, pinning its maps, attaching it to the relay's
+//! interfaces and detaching it again.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, anyhow, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{DevMapHash, HashMap, MapData, RingBuf},
+    programs::{Xdp, XdpMode, xdp::XdpLinkId},
+};
+use relay_common::{AddrKey, PortRange, maps as names};
+use tracing::{info, warn};
+
+use super::maps::FlowMaps;
+use crate::{
+    config::{AttachMode, Interface},
+    ebpf, rule,
+};
+
+/// The loaded program, its attachments and its maps.
+pub struct Kernel {
+    ebpf: Ebpf,
+    links: Vec<(String, XdpLinkId)>,
+    pub maps: FlowMaps,
+    events: Option<RingBuf<MapData>>,
+}
+
+impl Kernel {
+    /// Loads the program with its maps pinned under `pin_path` (reusing maps a
+    /// previous relayd left there, so rules survive a restart), fills the
+    /// address and egress maps from the configuration, and attaches to every
+    /// interface.
+    pub fn start(
+        pin_path: &Path,
+        max_flows: u32,
+        interfaces: &[Interface],
+        attach: AttachMode,
+    ) -> Result<Self> {
+        ensure_bpffs(pin_path)?;
+        let object = ebpf::relay_object()?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(pin_path)
+            .map_max_entries(names::FLOWS, max_flows)
+            .map_max_entries(names::FLOW_STATE, max_flows)
+            .map_max_entries(names::FLOW_STATS, max_flows)
+            .load(object)
+            .with_context(|| {
+                format!(
+                    "loading the XDP object (maps pinned at {}; if an older relayd left maps of \
+                     another size or layout there, remove that directory)",
+                    pin_path.display()
+                )
+            })?;
+
+        let mut addrs: HashMap<MapData, AddrKey, PortRange> = HashMap::try_from(
+            ebpf.take_map(names::RELAY_ADDRS)
+                .ok_or_else(|| anyhow!("RELAY_ADDRS missing"))?,
+        )?;
+        let mut egress: DevMapHash<MapData> = DevMapHash::try_from(
+            ebpf.take_map(names::EGRESS)
+                .ok_or_else(|| anyhow!("EGRESS missing"))?,
+        )?;
+        // These two describe the configuration: start them afresh.
+        for key in addrs.keys().filter_map(Result::ok).collect::<Vec<_>>() {
+            addrs.remove(&key)?;
+        }
+        for key in egress.keys().filter_map(Result::ok).collect::<Vec<_>>() {
+            egress.remove(key)?;
+        }
+        for iface in interfaces {
+            let key = AddrKey {
+                addr: rule::addr_of(iface.address),
+            };
+            let range = PortRange {
+                min: iface.port_min,
+                max: iface.port_max,
+            };
+            addrs.insert(key, range, 0)?;
+            let ifindex = ifindex(&iface.device)?;
+            egress
+                .insert(ifindex, ifindex, None, 0)
+                .with_context(|| format!("adding {} to the egress devmap", iface.device))?;
+        }
+
+        let events = RingBuf::try_from(
+            ebpf.take_map(names::EVENTS)
+                .ok_or_else(|| anyhow!("EVENTS missing"))?,
+        )?;
+        let maps = FlowMaps::take(&mut ebpf)?;
+
+        let program: &mut Xdp = ebpf
+            .program_mut(ebpf::RELAY_PROGRAM)
+            .ok_or_else(|| anyhow!("program {} missing", ebpf::RELAY_PROGRAM))?
+            .try_into()?;
+        program.load().context("the kernel refused the XDP program")?;
+        let mut links = Vec::new();
+        for iface in interfaces {
+            let link = attach_one(program, &iface.device, attach)?;
+            links.push((iface.device.clone(), link));
+        }
+        Ok(Self {
+            ebpf,
+            links,
+            maps,
+            events: Some(events),
+        })
+    }
+
+    /// The latch event ring buffer, for one reader.
+    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.events.take()
+    }
+
+    /// Detaches from every interface; the pinned maps (and rules) stay.
+    pub fn detach(mut self) {
+        if let Some(program) = self.ebpf.program_mut(ebpf::RELAY_PROGRAM) {
+            let program: Result<&mut Xdp, _> = program.try_into();
+            if let Ok(program) = program {
+                for (device, link) in self.links.drain(..) {
+                    match program.detach(link) {
+                        Ok(()) => info!(device, "XDP detached"),
+                        Err(e) => warn!(device, error = %e, "XDP detach failed"),
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn attach_one(program: &mut Xdp, device: &str, mode: AttachMode) -> Result<XdpLinkId> {
+    match mode {
+        AttachMode::Driver => program_attach(program, device, XdpMode::Driver),
+        AttachMode::Generic => program_attach(program, device, XdpMode::Skb),
+        AttachMode::Auto => program_attach(program, device, XdpMode::Driver).or_else(|e| {
+            warn!(device, error = %format!("{e:#}"), "driver-mode XDP failed; falling back to generic mode (slower)");
+            program_attach(program, device, XdpMode::Skb)
+        }),
+    }
+}
+
+fn program_attach(program: &mut Xdp, device: &str, mode: XdpMode) -> Result<XdpLinkId> {
+    let link = program
+        .attach(device, mode)
+        .with_context(|| format!("attaching XDP to {device} in {mode:?} mode"))?;
+    info!(device, ?mode, "XDP attached");
+    Ok(link)
+}
+
+fn ifindex(device: &str) -> Result<u32> {
+    nix::net::if_::if_nametoindex(device).with_context(|| format!("no network device {device:?}"))
+}
+
+/// Makes sure `pin_path` lies on a mounted bpffs, mounting /sys/fs/bpf when
+/// nothing is mounted there yet, and creates the directory.
+fn ensure_bpffs(pin_path: &Path) -> Result<()> {
+    const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+    let is_bpffs = |p: &Path| {
+        nix::sys::statfs::statfs(p)
+            .map(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+            .unwrap_or(false)
+    };
+    let root = Path::new("/sys/fs/bpf");
+    if pin_path.starts_with(root) && !is_bpffs(root) {
+        info!("mounting bpffs at /sys/fs/bpf");
+        nix::mount::mount(
+            Some("bpf"),
+            root,
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .context("mounting bpffs at /sys/fs/bpf")?;
+    }
+    std::fs::create_dir_all(pin_path)
+        .with_context(|| format!("creating pin directory {}", pin_path.display()))?;
+    if !is_bpffs(pin_path) {
+        bail!("{} is not on a bpf filesystem", pin_path.display());
+    }
+    Ok(())
+}
+

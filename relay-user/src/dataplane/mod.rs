@@ -1,0 +1,275 @@
+//! The data plane API: install, update and remove flow rules, read their
+//! statistics and latch events, on the XDP program plus the userspace
+//! forwarder, or on the forwarder alone.
+
+pub mod forwarder;
+pub mod kernel;
+pub mod maps;
+pub mod view;
+
+use std::{collections::BTreeMap, net::SocketAddr};
+
+use anyhow::{Result, bail};
+use aya::maps::{MapData, RingBuf};
+use relay_common::{FlowKey, FlowState, FlowStats, LatchEvent};
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::{
+    config::{Config, DataplaneMode, Interface},
+    rule::{self, Rule},
+};
+use forwarder::Forwarder;
+use kernel::Kernel;
+pub use view::{CountersView, RuleView};
+
+/// A source learned by a rule, from either path.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct LatchNotice {
+    pub rule_id: u64,
+    pub local: SocketAddr,
+    pub source: SocketAddr,
+    pub ssrc: u32,
+    /// "xdp" or "userspace".
+    pub path: &'static str,
+}
+
+impl LatchNotice {
+    pub fn from_kernel(e: &LatchEvent) -> Self {
+        Self {
+            rule_id: e.rule_id,
+            local: rule::sock_of(&e.key.addr, e.key.port),
+            source: rule::sock_of(&e.src_addr, e.src_port),
+            ssrc: e.ssrc,
+            path: "xdp",
+        }
+    }
+}
+
+/// CLOCK_MONOTONIC in ns: the clock `bpf_ktime_get_ns` reads, so kernel
+/// last-seen times and latch deadlines compare with ours.
+pub fn monotonic_ns() -> u64 {
+    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .expect("CLOCK_MONOTONIC is always available");
+    ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
+}
+
+pub struct Dataplane {
+    mode: DataplaneMode,
+    interfaces: Vec<Interface>,
+    kernel: Option<Kernel>,
+    forwarder: Forwarder,
+    rules: BTreeMap<SocketAddr, Rule>,
+    next_id: u64,
+}
+
+impl Dataplane {
+    /// Starts the configured data plane. Must run inside a tokio runtime (the
+    /// forwarder spawns a task per endpoint). In XDP mode, rules that a previous
+    /// relayd left in the pinned maps are adopted.
+    pub fn start(
+        config: &Config,
+        interfaces: Vec<Interface>,
+        events: mpsc::UnboundedSender<LatchNotice>,
+    ) -> Result<Self> {
+        let mode = config.dataplane.mode;
+        let kernel = match mode {
+            DataplaneMode::Xdp => Some(Kernel::start(
+                &config.dataplane.pin_path,
+                config.dataplane.max_flows,
+                &interfaces,
+                config.dataplane.attach,
+            )?),
+            DataplaneMode::Userspace => None,
+        };
+        let mut dp = Self {
+            mode,
+            interfaces,
+            kernel,
+            forwarder: Forwarder::new(events),
+            rules: BTreeMap::new(),
+            next_id: 1,
+        };
+        dp.adopt_pinned_rules();
+        Ok(dp)
+    }
+
+    fn adopt_pinned_rules(&mut self) {
+        let Some(found) = self.kernel.as_ref().map(|k| k.maps.rules()) else {
+            return;
+        };
+        for (key, krule) in found {
+            let adopted = match Rule::from_kernel(&key, &krule) {
+                None => Err(anyhow::anyhow!("unreadable rule")),
+                Some(rule) => self
+                    .check_endpoints(&rule)
+                    .and_then(|()| self.forwarder.install(&rule, krule, false))
+                    .map(|()| rule),
+            };
+            match adopted {
+                Ok(rule) => {
+                    info!(local = %rule.local, id = rule.id, "adopted pinned rule");
+                    self.next_id = self.next_id.max(rule.id + 1);
+                    self.rules.insert(rule.local, rule);
+                }
+                Err(e) => {
+                    let local = rule::sock_of(&key.addr, key.port);
+                    warn!(%local, error = %format!("{e:#}"), "dropping a pinned rule that no longer fits the configuration");
+                    if let Some(k) = &mut self.kernel {
+                        k.maps.remove(&key);
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn mode(&self) -> DataplaneMode {
+        self.mode
+    }
+
+    pub fn interfaces(&self) -> &[Interface] {
+        &self.interfaces
+    }
+
+    /// Installs a rule, or replaces the one on the same relay endpoint. The
+    /// learned source survives a replacement that keeps policy and peer.
+    pub fn install(&mut self, mut rule: Rule) -> Result<Rule> {
+        rule.validate()?;
+        self.check_endpoints(&rule)?;
+        let old = self.rules.get(&rule.local).cloned();
+        if rule.id == 0 {
+            rule.id = match &old {
+                Some(o) => o.id,
+                None => {
+                    self.next_id += 1;
+                    self.next_id - 1
+                }
+            };
+        }
+        let reset = old
+            .as_ref()
+            .is_none_or(|o| o.policy != rule.policy || o.peer != rule.peer);
+        let krule = rule.to_kernel(monotonic_ns());
+        self.forwarder.install(&rule, krule, reset)?;
+        if let Some(kernel) = &mut self.kernel
+            && let Err(e) = kernel.maps.install(&rule.key(), &krule, reset)
+        {
+            // Put the forwarder back as it was: the rule is not half-installed.
+            self.forwarder.remove(rule.local);
+            if let Some(o) = &old {
+                let _ = self.forwarder.install(o, o.to_kernel(monotonic_ns()), false);
+            }
+            return Err(e);
+        }
+        self.rules.insert(rule.local, rule.clone());
+        Ok(rule)
+    }
+
+    pub fn remove(&mut self, local: SocketAddr) -> Result<Rule> {
+        let Some(rule) = self.rules.remove(&local) else {
+            bail!("no rule on {local}");
+        };
+        if let Some(kernel) = &mut self.kernel {
+            kernel.maps.remove(&rule.key());
+        }
+        self.forwarder.remove(local);
+        Ok(rule)
+    }
+
+    pub fn rules(&self) -> impl Iterator<Item = &Rule> {
+        self.rules.values()
+    }
+
+    pub fn views(&self) -> Vec<RuleView> {
+        let now = monotonic_ns();
+        self.rules.values().map(|r| self.view_of(r, now)).collect()
+    }
+
+    pub fn view(&self, local: SocketAddr) -> Option<RuleView> {
+        self.rules.get(&local).map(|r| self.view_of(r, monotonic_ns()))
+    }
+
+    fn view_of(&self, rule: &Rule, now: u64) -> RuleView {
+        let key = rule.key();
+        let (xdp, kstate) = match &self.kernel {
+            Some(k) => (Some(k.maps.stats(&key)), k.maps.state(&key)),
+            None => (None, None),
+        };
+        let ustate = self.forwarder.state(rule.local);
+        RuleView::new(
+            rule.clone(),
+            pick_state(kstate, ustate),
+            xdp,
+            Some(self.forwarder.stats(rule.local)),
+            now,
+        )
+    }
+
+    pub fn counters(&self) -> CountersView {
+        CountersView::new(
+            self.mode,
+            self.kernel.as_ref().map(|k| k.maps.counters()),
+            Some(self.forwarder.counters()),
+        )
+    }
+
+    /// Sockets the forwarder holds (leak checks in tests and `relayctl`).
+    pub fn bound_endpoints(&self) -> usize {
+        self.forwarder.bound_endpoints()
+    }
+
+    /// The kernel's latch event ring buffer, for one reader.
+    pub fn take_kernel_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.kernel.as_mut().and_then(Kernel::take_events)
+    }
+
+    /// Detaches XDP. Pinned maps and rules stay for the next relayd.
+    pub fn shutdown(&mut self) {
+        if let Some(k) = self.kernel.take() {
+            k.detach();
+        }
+    }
+
+    fn check_endpoints(&self, rule: &Rule) -> Result<()> {
+        for (what, ep) in [("local", rule.local), ("out_src", rule.out_src)] {
+            let Some(iface) = self.interfaces.iter().find(|i| i.address == ep.ip()) else {
+                bail!("{what} {ep}: {} is not a relay address", ep.ip());
+            };
+            if ep.port() < iface.port_min || ep.port() > iface.port_max {
+                bail!(
+                    "{what} {ep}: port outside the media range {}-{} of interface {}",
+                    iface.port_min,
+                    iface.port_max,
+                    iface.name
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The learned source as the kernel saw it, else as the forwarder did.
+fn pick_state(kernel: Option<FlowState>, user: Option<FlowState>) -> Option<FlowState> {
+    match (kernel, user) {
+        (Some(k), _) if k.locked != 0 => Some(k),
+        (_, Some(u)) if u.locked != 0 => Some(u),
+        (k, u) => k.or(u),
+    }
+}
+
+/// Reads the kernel's per-rule view straight from the pinned maps (relayd down).
+pub fn views_from_maps(maps: &maps::FlowMaps) -> Vec<RuleView> {
+    let now = monotonic_ns();
+    let mut out: Vec<RuleView> = maps
+        .rules()
+        .into_iter()
+        .filter_map(|(key, krule): (FlowKey, _)| {
+            let rule = Rule::from_kernel(&key, &krule)?;
+            let stats: FlowStats = maps.stats(&key);
+            Some(RuleView::new(rule, maps.state(&key), Some(stats), None, now))
+        })
+        .collect();
+    out.sort_by_key(|v| v.rule.local);
+    out
+}
