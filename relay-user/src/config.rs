@@ -136,17 +136,22 @@ impl Config {
             path: path.into(),
             message: e.to_string().trim_end().replace('\n', " "),
         })?;
-        let interfaces = config.validate().map_err(|(field, message)| ConfigError::Invalid {
-            path: path.into(),
-            field,
-            message,
-        })?;
+        let interfaces = config
+            .validate()
+            .map_err(|(field, message)| ConfigError::Invalid {
+                path: path.into(),
+                field,
+                message,
+            })?;
         Ok((config, interfaces))
     }
 
     fn validate(&self) -> Result<Vec<Interface>, (String, String)> {
         if self.interfaces.is_empty() {
-            return Err(("interface".into(), "at least one [[interface]] is required".into()));
+            return Err((
+                "interface".into(),
+                "at least one [[interface]] is required".into(),
+            ));
         }
         if self.dataplane.max_flows == 0 || self.dataplane.max_flows > 16_000_000 {
             return Err((
@@ -160,13 +165,22 @@ impl Config {
         for (i, iface) in self.interfaces.iter().enumerate() {
             let field = |f: &str| format!("interface[{i}].{f}");
             if iface.name.is_empty() || !names.insert(iface.name.as_str()) {
-                return Err((field("name"), format!("{:?} is empty or used twice", iface.name)));
+                return Err((
+                    field("name"),
+                    format!("{:?} is empty or used twice", iface.name),
+                ));
             }
             if iface.device.is_empty() || iface.device.len() > 15 {
-                return Err((field("device"), format!("{:?} is not a device name", iface.device)));
+                return Err((
+                    field("device"),
+                    format!("{:?} is not a device name", iface.device),
+                ));
             }
             if iface.address.is_unspecified() || iface.address.is_multicast() {
-                return Err((field("address"), format!("{} is not a unicast address", iface.address)));
+                return Err((
+                    field("address"),
+                    format!("{} is not a unicast address", iface.address),
+                ));
             }
             if !addresses.insert(iface.address) {
                 return Err((field("address"), format!("{} is used twice", iface.address)));
@@ -194,7 +208,9 @@ fn parse_range(s: &str) -> Result<(u16, u16), String> {
         return Err(format!("{s:?}: need 1024 <= min <= max"));
     }
     if min % 2 != 0 || max % 2 != 1 {
-        return Err(format!("{s:?}: need an even first port and an odd last port (RTP/RTCP pairs)"));
+        return Err(format!(
+            "{s:?}: need an even first port and an odd last port (RTP/RTCP pairs)"
+        ));
     }
     Ok((min, max))
 }
@@ -225,7 +241,9 @@ ports = "40000-40999"
 "#;
 
     fn err(text: &str) -> String {
-        Config::parse(text, Path::new("relay.toml")).unwrap_err().to_string()
+        Config::parse(text, Path::new("relay.toml"))
+            .unwrap_err()
+            .to_string()
     }
 
     #[test]
@@ -248,7 +266,9 @@ ports = "40000-40999"
         assert!(e.contains("mode") || e.contains("turbo"), "{e}");
         let e = err(&GOOD.replace("pin_path", "pin_pth"));
         assert!(e.contains("pin_pth"), "{e}");
-        let e = err(&GOOD.replace("\"veth-out\"", "\"veth-in\"").replace("outside", "inside"));
+        let e = err(&GOOD
+            .replace("\"veth-out\"", "\"veth-in\"")
+            .replace("outside", "inside"));
         assert!(e.contains("interface[1].name"), "{e}");
         let e = err("[dataplane]\nmode = \"xdp\"\n");
         assert!(e.contains("interface"), "{e}");

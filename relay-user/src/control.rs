@@ -105,7 +105,8 @@ pub fn handle_line(line: &str, dp: &Mutex<Dataplane>, started: Instant) -> Respo
 }
 
 fn to_json<T: Serialize>(t: &T) -> serde_json::Value {
-    serde_json::to_value(t).unwrap_or_else(|e| serde_json::json!({ "serialize_error": e.to_string() }))
+    serde_json::to_value(t)
+        .unwrap_or_else(|e| serde_json::json!({ "serialize_error": e.to_string() }))
 }
 
 /// Binds the control socket (replacing a stale one), mode 0600.
@@ -119,8 +120,8 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
         }
         std::fs::remove_file(path).with_context(|| format!("removing stale {}", path.display()))?;
     }
-    let listener =
-        UnixListener::bind(path).with_context(|| format!("binding control socket {}", path.display()))?;
+    let listener = UnixListener::bind(path)
+        .with_context(|| format!("binding control socket {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(listener)
 }
@@ -146,7 +147,11 @@ async fn connection(stream: TokioUnixStream, dp: Arc<Mutex<Dataplane>>, started:
     loop {
         // Bounded: a peer that never sends a newline cannot grow our memory.
         let mut buf = Vec::new();
-        match (&mut reader).take(MAX_LINE as u64 + 1).read_until(b'\n', &mut buf).await {
+        match (&mut reader)
+            .take(MAX_LINE as u64 + 1)
+            .read_until(b'\n', &mut buf)
+            .await
+        {
             Ok(0) => return,
             Ok(_) => {}
             Err(e) => {
@@ -209,12 +214,15 @@ impl Client {
     }
 
     pub fn call(&mut self, request: &Request) -> Result<serde_json::Value, ClientError> {
-        let mut line = serde_json::to_vec(request).map_err(|e| ClientError::Protocol(self.path.clone(), e.to_string()))?;
+        let mut line = serde_json::to_vec(request)
+            .map_err(|e| ClientError::Protocol(self.path.clone(), e.to_string()))?;
         line.push(b'\n');
         let io = |e| ClientError::Io(self.path.clone(), e);
         self.stream.get_mut().write_all(&line).map_err(io)?;
         let mut reply = String::new();
-        self.stream.read_line(&mut reply).map_err(|e| ClientError::Io(self.path.clone(), e))?;
+        self.stream
+            .read_line(&mut reply)
+            .map_err(|e| ClientError::Io(self.path.clone(), e))?;
         let response: Response = serde_json::from_str(&reply)
             .map_err(|e| ClientError::Protocol(self.path.clone(), e.to_string()))?;
         if response.ok {

@@ -13,7 +13,9 @@ pub const RELAY_PROGRAM: &str = "relay";
 pub const PASS_PROGRAM: &str = "relay_pass";
 
 #[derive(Debug, thiserror::Error)]
-#[error("the XDP object was not built into this binary: run `cargo xtask build-ebpf`, then rebuild")]
+#[error(
+    "the XDP object was not built into this binary: run `cargo xtask build-ebpf`, then rebuild"
+)]
 pub struct NotBuilt;
 
 /// The relay's XDP object (program `relay` and its maps).

@@ -73,7 +73,10 @@ pub enum RuleError {
     #[error("local endpoint {0} must have a non-zero port")]
     ZeroPort(SocketAddr),
     #[error("out_src {out_src} and dst {dst} must be the same address family")]
-    FamilyMismatch { out_src: SocketAddr, dst: SocketAddr },
+    FamilyMismatch {
+        out_src: SocketAddr,
+        dst: SocketAddr,
+    },
     #[error("peer {peer} and local {local} must be the same address family")]
     PeerFamily { peer: SocketAddr, local: SocketAddr },
 }
@@ -93,10 +96,12 @@ impl Rule {
             (Policy::Strict | Policy::Restricted, None) => {
                 Err(RuleError::PeerRequired(self.policy))
             }
-            (_, Some(peer)) if peer.is_ipv4() != self.local.is_ipv4() => Err(RuleError::PeerFamily {
-                peer,
-                local: self.local,
-            }),
+            (_, Some(peer)) if peer.is_ipv4() != self.local.is_ipv4() => {
+                Err(RuleError::PeerFamily {
+                    peer,
+                    local: self.local,
+                })
+            }
             _ => Ok(()),
         }
     }
@@ -152,14 +157,21 @@ impl Rule {
             Action::Block => Path::Block,
         };
         let interval = r.rate_interval_ns;
-        let rate_pps = if interval == 0 { 0 } else { (1_000_000_000 / interval) as u32 };
-        let burst = if interval == 0 { 0 } else { (r.rate_burst_ns / interval) as u32 + 1 };
+        let rate_pps = if interval == 0 {
+            0
+        } else {
+            (1_000_000_000 / interval) as u32
+        };
+        let burst = if interval == 0 {
+            0
+        } else {
+            (r.rate_burst_ns / interval) as u32 + 1
+        };
         Some(Rule {
             id: r.id,
             local: sock_of(&key.addr, key.port),
             policy,
-            peer: (policy != Policy::Latch)
-                .then(|| sock_of(&r.peer_addr, r.peer_port)),
+            peer: (policy != Policy::Latch).then(|| sock_of(&r.peer_addr, r.peer_port)),
             latch_window_ms: 0,
             out_src: sock_of(&r.out_src_addr, r.out_src_port),
             dst: sock_of(&r.dst_addr, r.dst_port),
@@ -227,7 +239,13 @@ mod tests {
         assert_eq!(k.latch_until_ns, 1_000 + 5_000_000_000);
         assert_eq!(k.peer_port, 4000u16.to_be_bytes());
         let back = Rule::from_kernel(&r.key(), &k).unwrap();
-        assert_eq!(back, Rule { latch_window_ms: 0, ..r });
+        assert_eq!(
+            back,
+            Rule {
+                latch_window_ms: 0,
+                ..r
+            }
+        );
     }
 
     #[test]
@@ -253,7 +271,10 @@ mod tests {
         r.policy = Policy::Latch;
         assert_eq!(r.validate(), Ok(()));
         r.dst = "[2001:db8::1]:5000".parse().unwrap();
-        assert!(matches!(r.validate(), Err(RuleError::FamilyMismatch { .. })));
+        assert!(matches!(
+            r.validate(),
+            Err(RuleError::FamilyMismatch { .. })
+        ));
         let mut r = rule();
         r.local.set_port(0);
         assert!(matches!(r.validate(), Err(RuleError::ZeroPort(_))));

@@ -1,1 +1,60 @@
+//! Helpers for relay's privileged integration tests.
+//!
+//! - [`privilege`]: skip or fail when not root ([`require_root`]).
+//! - [`netns`]: network namespaces that are always removed, veth pairs, running
+//!   a closure or a command inside a namespace.
+//! - [`bpffs`]: a private bpffs mount for the pinned maps of one loaded object.
+//! - [`relay_xdp`]: the real XDP program loaded from `relay_user::ebpf`, its
+//!   maps, and `BPF_PROG_TEST_RUN`.
+//! - [`frames`]: Ethernet frames built and checked with `etherparse`, an
+//!   implementation independent of the code under test.
+//! - [`clock`]: CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns`.
 
+pub mod bpffs;
+pub mod clock;
+pub mod frames;
+pub mod netns;
+pub mod privilege;
+pub mod relay_xdp;
+pub mod topology;
+
+pub use privilege::require_root;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// A name no other test process and no other call in this process uses:
+/// `{prefix}-{pid}-{n}`. Kernel objects named this way (namespaces, bpffs
+/// mounts) can be told apart from other runs' and reaped when their process
+/// is gone (see [`netns::NetNs::new`]).
+pub fn unique_name(prefix: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}-{}-{n}", std::process::id())
+}
+
+/// The pid in a name made by [`unique_name`] with this `prefix`, if it is one.
+pub fn unique_name_pid(prefix: &str, name: &str) -> Option<u32> {
+    let rest = name.strip_prefix(prefix)?.strip_prefix('-')?;
+    let (pid, n) = rest.split_once('-')?;
+    n.parse::<u32>().ok()?;
+    pid.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unique_names_round_trip() {
+        let a = unique_name("relaytest");
+        let b = unique_name("relaytest");
+        assert_ne!(a, b);
+        assert_eq!(unique_name_pid("relaytest", &a), Some(std::process::id()));
+        assert_eq!(unique_name_pid("relaytest", "relaytest-e2e-12-0"), None);
+        assert_eq!(
+            unique_name_pid("relaytest-e2e", "relaytest-e2e-12-0"),
+            Some(12)
+        );
+        assert_eq!(unique_name_pid("relaytest", "other-12-0"), None);
+    }
+}

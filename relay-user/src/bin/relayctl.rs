@@ -101,10 +101,10 @@ fn run(args: &Args) -> Result<()> {
                 }
                 Err(e) => return Err(e.into()),
             };
+            print_note(&note);
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&views)?);
             } else {
-                print_note(&note);
                 print_rules(&views);
             }
         }
@@ -113,14 +113,17 @@ fn run(args: &Args) -> Result<()> {
                 Ok(v) => (serde_json::from_value::<CountersView>(v)?, None),
                 Err(ClientError::NotRunning(_)) => {
                     let maps = FlowMaps::open_pinned(&args.pin_path)?;
-                    (CountersView::from_pinned(maps.counters()), Some(down_note(args)))
+                    (
+                        CountersView::from_pinned(maps.counters()),
+                        Some(down_note(args)),
+                    )
                 }
                 Err(e) => return Err(e.into()),
             };
+            print_note(&note);
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&counters)?);
             } else {
-                print_note(&note);
                 print_counters(&counters);
             }
         }
@@ -197,7 +200,16 @@ fn print_value(args: &Args, v: serde_json::Value) -> Result<()> {
 fn print_rules(views: &[RuleView]) {
     println!(
         "{:>5}  {:<22} {:<10} {:<22} {:<22} {:<9} {:>10} {:>12} {:>9} {:>8}",
-        "ID", "LOCAL", "POLICY", "SOURCE", "DESTINATION", "PATH", "PACKETS", "BYTES", "DROPS", "IDLE"
+        "ID",
+        "LOCAL",
+        "POLICY",
+        "SOURCE",
+        "DESTINATION",
+        "PATH",
+        "PACKETS",
+        "BYTES",
+        "DROPS",
+        "IDLE"
     );
     for v in views {
         let r = &v.rule;
@@ -207,7 +219,11 @@ fn print_rules(views: &[RuleView]) {
             (None, Some(p)) => p.to_string(),
             (None, None) => "(learning)".into(),
         };
-        let bytes: u64 = [&v.xdp, &v.userspace].into_iter().flatten().map(|s| s.bytes).sum();
+        let bytes: u64 = [&v.xdp, &v.userspace]
+            .into_iter()
+            .flatten()
+            .map(|s| s.bytes)
+            .sum();
         let drops: u64 = DropReason::ALL.iter().map(|d| v.drops(*d)).sum();
         let idle = [&v.xdp, &v.userspace]
             .into_iter()

@@ -9,7 +9,7 @@ use std::{
     time::Instant,
 };
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Parser;
 use relay_common::LatchEvent;
 use relay_user::{
@@ -61,7 +61,10 @@ fn main() -> ExitCode {
     }
     // One thread: the relay's userspace work stays on one core, where an
     // operator can pin it; the fast path is in the kernel anyway.
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("relayd: cannot start the runtime: {e}");

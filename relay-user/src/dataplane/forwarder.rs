@@ -134,7 +134,10 @@ impl Forwarder {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Entry>> {
         // A panic while holding the lock cannot leave an entry half-written
         // (entries are replaced whole), so a poisoned lock is still usable.
-        self.shared.entries.lock().unwrap_or_else(|p| p.into_inner())
+        self.shared
+            .entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     fn acquire(&mut self, addr: SocketAddr) -> Result<()> {
@@ -238,7 +241,12 @@ fn decide(
 }
 
 /// Ok(true) when this packet latched the rule's source.
-fn check(entry: &mut Entry, from: SocketAddr, payload: &[u8], now: u64) -> Result<bool, DropReason> {
+fn check(
+    entry: &mut Entry,
+    from: SocketAddr,
+    payload: &[u8],
+    now: u64,
+) -> Result<bool, DropReason> {
     if entry.rule.path == Path::Block {
         return Err(DropReason::Blocked);
     }
@@ -248,7 +256,12 @@ fn check(entry: &mut Entry, from: SocketAddr, payload: &[u8], now: u64) -> Resul
     };
     policy::check_rtp(payload.len(), first)?;
     let off = policy::ssrc_offset(second);
-    let ssrc = u32::from_be_bytes([payload[off], payload[off + 1], payload[off + 2], payload[off + 3]]);
+    let ssrc = u32::from_be_bytes([
+        payload[off],
+        payload[off + 1],
+        payload[off + 2],
+        payload[off + 3],
+    ]);
     let src = rule::addr_of(canonical(from).ip());
     let latched = policy::check_source(
         &entry.kernel,

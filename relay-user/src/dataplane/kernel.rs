@@ -78,6 +78,7 @@ impl Kernel {
             };
             addrs.insert(key, range, 0)?;
             let ifindex = ifindex(&iface.device)?;
+            enable_forwarding(&iface.device, iface.address)?;
             egress
                 .insert(ifindex, ifindex, None, 0)
                 .with_context(|| format!("adding {} to the egress devmap", iface.device))?;
@@ -93,7 +94,9 @@ impl Kernel {
             .program_mut(ebpf::RELAY_PROGRAM)
             .ok_or_else(|| anyhow!("program {} missing", ebpf::RELAY_PROGRAM))?
             .try_into()?;
-        program.load().context("the kernel refused the XDP program")?;
+        program
+            .load()
+            .context("the kernel refused the XDP program")?;
         let mut links = Vec::new();
         for iface in interfaces {
             let link = attach_one(program, &iface.device, attach)?;
@@ -147,6 +150,23 @@ fn program_attach(program: &mut Xdp, device: &str, mode: XdpMode) -> Result<XdpL
     Ok(link)
 }
 
+/// `bpf_fib_lookup` from XDP answers FWD_DISABLED unless the ingress device
+/// forwards, so the relay's media interfaces must. The kernel may then route
+/// other traffic between them: docs/deployment.md says how to firewall that.
+fn enable_forwarding(device: &str, address: std::net::IpAddr) -> Result<()> {
+    let family = if address.is_ipv4() { "ipv4" } else { "ipv6" };
+    let path = format!("/proc/sys/net/{family}/conf/{device}/forwarding");
+    if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == "1") {
+        return Ok(());
+    }
+    std::fs::write(&path, "1").with_context(|| format!("enabling forwarding: {path}"))?;
+    info!(
+        device,
+        family, "enabled forwarding on the interface (needed by bpf_fib_lookup)"
+    );
+    Ok(())
+}
+
 fn ifindex(device: &str) -> Result<u32> {
     nix::net::if_::if_nametoindex(device).with_context(|| format!("no network device {device:?}"))
 }
@@ -179,4 +199,3 @@ fn ensure_bpffs(pin_path: &Path) -> Result<()> {
     }
     Ok(())
 }
-

@@ -61,9 +61,9 @@ impl FlowMaps {
             let zeros = PerCpuValues::try_from(vec![FlowStats::default(); ncpus()?])?;
             self.stats.insert(key, zeros, 0)?;
         }
-        self.flows
-            .insert(key, rule, 0)
-            .with_context(|| format!("FLOWS is full or refused the rule ({} entries)", self.len()))?;
+        self.flows.insert(key, rule, 0).with_context(|| {
+            format!("FLOWS is full or refused the rule ({} entries)", self.len())
+        })?;
         Ok(())
     }
 

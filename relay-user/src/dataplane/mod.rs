@@ -158,7 +158,9 @@ impl Dataplane {
             // Put the forwarder back as it was: the rule is not half-installed.
             self.forwarder.remove(rule.local);
             if let Some(o) = &old {
-                let _ = self.forwarder.install(o, o.to_kernel(monotonic_ns()), false);
+                let _ = self
+                    .forwarder
+                    .install(o, o.to_kernel(monotonic_ns()), false);
             }
             return Err(e);
         }
@@ -187,7 +189,9 @@ impl Dataplane {
     }
 
     pub fn view(&self, local: SocketAddr) -> Option<RuleView> {
-        self.rules.get(&local).map(|r| self.view_of(r, monotonic_ns()))
+        self.rules
+            .get(&local)
+            .map(|r| self.view_of(r, monotonic_ns()))
     }
 
     fn view_of(&self, rule: &Rule, now: u64) -> RuleView {
@@ -267,7 +271,13 @@ pub fn views_from_maps(maps: &maps::FlowMaps) -> Vec<RuleView> {
         .filter_map(|(key, krule): (FlowKey, _)| {
             let rule = Rule::from_kernel(&key, &krule)?;
             let stats: FlowStats = maps.stats(&key);
-            Some(RuleView::new(rule, maps.state(&key), Some(stats), None, now))
+            Some(RuleView::new(
+                rule,
+                maps.state(&key),
+                Some(stats),
+                None,
+                now,
+            ))
         })
         .collect();
     out.sort_by_key(|v| v.rule.local);

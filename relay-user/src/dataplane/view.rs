@@ -77,7 +77,8 @@ impl RuleView {
 
     /// Forwarded packets over both paths.
     pub fn packets(&self) -> u64 {
-        self.xdp.as_ref().map_or(0, |s| s.packets) + self.userspace.as_ref().map_or(0, |s| s.packets)
+        self.xdp.as_ref().map_or(0, |s| s.packets)
+            + self.userspace.as_ref().map_or(0, |s| s.packets)
     }
 
     /// Drops by reason over both paths.
