@@ -83,7 +83,9 @@ mod tests {
     use std::vec::Vec;
 
     fn payload(n: usize, seed: u8) -> Vec<u8> {
-        (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+        (0..n)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
     }
 
     #[test]
@@ -119,10 +121,18 @@ mod tests {
     fn ipv6_udp_matches_recomputation() {
         for (n, seed) in [(0usize, 1u8), (12, 5), (172, 99), (1200, 4)] {
             let data = payload(n, seed);
-            let src = [0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10];
-            let dst = [0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01];
-            let nsrc = [0x20, 0x01, 0x0d, 0xb8, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01];
-            let ndst = [0x20, 0x01, 0x0d, 0xb8, 0, 2, 0xab, 0xcd, 0, 0, 0, 0, 0, 0, 0, 0x10];
+            let src = [
+                0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+            ];
+            let dst = [
+                0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01,
+            ];
+            let nsrc = [
+                0x20, 0x01, 0x0d, 0xb8, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01,
+            ];
+            let ndst = [
+                0x20, 0x01, 0x0d, 0xb8, 0, 2, 0xab, 0xcd, 0, 0, 0, 0, 0, 0, 0, 0x10,
+            ];
             let ip = Ipv6Header {
                 traffic_class: 0,
                 flow_label: Default::default(),

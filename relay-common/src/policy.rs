@@ -190,12 +190,18 @@ mod tests {
         let r = rule(SourcePolicy::Strict);
         let mut s = FlowState::default();
         let port = 4000u16.to_be_bytes();
-        assert_eq!(check_source(&r, &mut s, &PEER, port, 1, 0), Ok(SourceCheck::Accepted));
+        assert_eq!(
+            check_source(&r, &mut s, &PEER, port, 1, 0),
+            Ok(SourceCheck::Accepted)
+        );
         assert_eq!(
             check_source(&r, &mut s, &PEER, 4001u16.to_be_bytes(), 1, 0),
             Err(DropReason::BadSource)
         );
-        assert_eq!(check_source(&r, &mut s, &OTHER, port, 1, 0), Err(DropReason::BadSource));
+        assert_eq!(
+            check_source(&r, &mut s, &OTHER, port, 1, 0),
+            Err(DropReason::BadSource)
+        );
         assert_eq!(s.locked, 0, "strict never learns");
     }
 
@@ -210,8 +216,14 @@ mod tests {
             "wrong address never latches"
         );
         assert_eq!(s.locked, 0);
-        assert_eq!(check_source(&r, &mut s, &PEER, p1, 1, 0), Ok(SourceCheck::Latched));
-        assert_eq!(check_source(&r, &mut s, &PEER, p1, 2, 0), Ok(SourceCheck::Accepted));
+        assert_eq!(
+            check_source(&r, &mut s, &PEER, p1, 1, 0),
+            Ok(SourceCheck::Latched)
+        );
+        assert_eq!(
+            check_source(&r, &mut s, &PEER, p1, 2, 0),
+            Ok(SourceCheck::Accepted)
+        );
         assert_eq!(
             check_source(&r, &mut s, &PEER, 5556u16.to_be_bytes(), 1, 0),
             Err(DropReason::BadSource)
@@ -223,10 +235,22 @@ mod tests {
         let r = rule(SourcePolicy::Latch);
         let mut s = FlowState::default();
         let p = 7000u16.to_be_bytes();
-        assert_eq!(check_source(&r, &mut s, &OTHER, p, 42, 500), Ok(SourceCheck::Latched));
-        assert_eq!(check_source(&r, &mut s, &OTHER, p, 42, 5_000), Ok(SourceCheck::Accepted));
-        assert_eq!(check_source(&r, &mut s, &OTHER, p, 43, 600), Err(DropReason::BadSource));
-        assert_eq!(check_source(&r, &mut s, &PEER, p, 42, 600), Err(DropReason::BadSource));
+        assert_eq!(
+            check_source(&r, &mut s, &OTHER, p, 42, 500),
+            Ok(SourceCheck::Latched)
+        );
+        assert_eq!(
+            check_source(&r, &mut s, &OTHER, p, 42, 5_000),
+            Ok(SourceCheck::Accepted)
+        );
+        assert_eq!(
+            check_source(&r, &mut s, &OTHER, p, 43, 600),
+            Err(DropReason::BadSource)
+        );
+        assert_eq!(
+            check_source(&r, &mut s, &PEER, p, 42, 600),
+            Err(DropReason::BadSource)
+        );
         assert_eq!(
             check_source(&r, &mut s, &OTHER, 7001u16.to_be_bytes(), 42, 600),
             Err(DropReason::BadSource)
@@ -267,7 +291,10 @@ mod tests {
         assert_eq!(check_rate(&r, &mut s, t0), Err(DropReason::RateLimited));
         // One interval later exactly one more packet fits.
         assert_eq!(check_rate(&r, &mut s, t0 + 10_000_000), Ok(()));
-        assert_eq!(check_rate(&r, &mut s, t0 + 10_000_000), Err(DropReason::RateLimited));
+        assert_eq!(
+            check_rate(&r, &mut s, t0 + 10_000_000),
+            Err(DropReason::RateLimited)
+        );
         // A long pause refills the whole burst, not more.
         let t1 = t0 + 10_000_000_000;
         for _ in 0..5 {
