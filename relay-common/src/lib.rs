@@ -332,6 +332,9 @@ pub mod maps {
     pub const RELAY_ADDRS: &str = "RELAY_ADDRS";
     pub const EGRESS: &str = "EGRESS";
     pub const EVENTS: &str = "EVENTS";
+    pub const USER_PORTS: &str = "USER_PORTS";
+    /// 64-bit words of the USER_PORTS bitmap: one bit per UDP port.
+    pub const USER_PORT_WORDS: u32 = 65536 / 64;
     /// Compile-time maximum of the flow maps; userspace may lower it.
     pub const MAX_FLOWS: u32 = 1 << 16;
 }

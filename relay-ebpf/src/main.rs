@@ -24,14 +24,14 @@ use aya_ebpf::{
     bindings::{BPF_FIB_LKUP_RET_SUCCESS, BPF_NOEXIST, bpf_fib_lookup as FibParams, xdp_action},
     helpers::{bpf_fib_lookup, bpf_ktime_get_ns},
     macros::{map, xdp},
-    maps::{DevMapHash, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, DevMapHash, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::XdpContext,
 };
 use relay_common::{
     Action, Addr, AddrKey, COUNTERS as N_COUNTERS, Counter, DropReason, FlowKey, FlowRule,
     FlowState, FlowStats, LatchEvent, PortRange, addr_from_v4, addr_is_v4,
     csum::Incremental,
-    maps::MAX_FLOWS,
+    maps::{MAX_FLOWS, USER_PORT_WORDS},
     policy::{self, SourceCheck},
 };
 
@@ -60,6 +60,13 @@ static RELAY_ADDRS: HashMap<AddrKey, PortRange> = HashMap::pinned(64, 0);
 /// Interfaces the relay may redirect to, keyed by ifindex.
 #[map(name = "EGRESS")]
 static EGRESS: DevMapHash = DevMapHash::pinned(64, 0);
+
+/// One bit per UDP port: relay endpoints whose rule lives only in the
+/// userspace forwarder because writing it here failed (FLOWS full). Their
+/// packets go up instead of being dropped as unsolicited. An array: updating
+/// it never fails for lack of memory.
+#[map(name = "USER_PORTS")]
+static USER_PORTS: Array<u64> = Array::pinned(USER_PORT_WORDS, 0);
 
 /// Latch events for userspace.
 #[map(name = "EVENTS")]
@@ -292,6 +299,9 @@ fn relay_packet(ctx: &XdpContext, udp: &Udp) -> Verdict {
     };
     // SAFETY: userspace replaces rules whole (map update), never in place.
     let Some(rule) = (unsafe { FLOWS.get(&key) }) else {
+        if userspace_owns(u16::from_be_bytes(udp.dport)) {
+            return Verdict::Up(Counter::ToUserspace);
+        }
         return Verdict::Drop(DropReason::NoFlow);
     };
     let stats = FLOW_STATS.get_ptr_mut(&key);
@@ -318,6 +328,13 @@ fn relay_packet(ctx: &XdpContext, udp: &Udp) -> Verdict {
         }
     }
     verdict
+}
+
+#[inline(always)]
+fn userspace_owns(port: u16) -> bool {
+    USER_PORTS
+        .get(port as u32 / 64)
+        .is_some_and(|word| word & (1u64 << (port % 64)) != 0)
 }
 
 #[inline(always)]

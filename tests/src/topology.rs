@@ -109,6 +109,11 @@ impl Topology {
     /// Writes the configuration and starts relayd in the relay namespace in
     /// `mode` ("xdp" or "userspace"); returns when its control socket answers.
     pub fn start_relayd(&mut self, mode: &str) -> Result<()> {
+        self.start_relayd_with(mode, 16384)
+    }
+
+    /// As [`Self::start_relayd`], with the flow maps sized to `max_flows`.
+    pub fn start_relayd_with(&mut self, mode: &str, max_flows: u32) -> Result<()> {
         let config = self.dir.join("relay.toml");
         std::fs::write(
             &config,
@@ -117,7 +122,7 @@ impl Topology {
 mode = "{mode}"
 attach = "driver"
 pin_path = "{pin}"
-max_flows = 16384
+max_flows = {max_flows}
 
 [control]
 socket = "{sock}"

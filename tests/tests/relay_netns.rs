@@ -337,6 +337,44 @@ fn pinned_rules_survive_restart() {
     );
 }
 
+/// When the kernel's flow map is full, new rules are carried by the
+/// userspace forwarder instead of failing, and their packets still arrive.
+#[test]
+fn full_fast_path_falls_back_to_userspace() {
+    if !relay_tests::require_root() {
+        return;
+    }
+    let mut t = Topology::new().expect("topology");
+    t.start_relayd_with("xdp", 2).expect("relayd");
+    for i in 0..3u16 {
+        relayctl_ok(&t, &[
+            "rule", "add", "--local", &format!("192.0.2.1:{}", 30020 + 2 * i),
+            "--peer", &format!("192.0.2.10:{}", 4020 + 2 * i),
+            "--out-src", &format!("198.51.100.1:{}", 40020 + 2 * i),
+            "--dst", &format!("198.51.100.10:{}", 5020 + 2 * i),
+        ]);
+    }
+    let c = counters(&t);
+    let user = c.userspace.as_ref().unwrap();
+    assert_eq!(user["fallback_rules"], 1, "{user:?}");
+    assert_eq!(user["kernel_write_failures"], 1, "{user:?}");
+    for i in 0..3u16 {
+        let tx = Topology::socket(&t.caller, &format!("192.0.2.10:{}", 4020 + 2 * i)).unwrap();
+        let rx = Topology::socket(&t.callee, &format!("198.51.100.10:{}", 5020 + 2 * i)).unwrap();
+        stream(&t, &tx, &format!("192.0.2.1:{}", 30020 + 2 * i), &rx, &format!("198.51.100.1:{}", 40020 + 2 * i), 0x100 + i as u32);
+    }
+    let fallback = rule_on(&t, "192.0.2.1:30024");
+    assert_eq!(fallback.userspace.as_ref().unwrap().packets, PACKETS as u64);
+    assert_eq!(fallback.xdp.as_ref().unwrap().packets, 0);
+    // Removing the fallback rule makes its port unsolicited again.
+    relayctl_ok(&t, &["rule", "del", "192.0.2.1:30024"]);
+    let before = counters(&t).drops(DropReason::NoFlow);
+    let tx = Topology::socket(&t.caller, "192.0.2.10:4024").unwrap();
+    tx.send_to(&rtp(1, 1, 1), "192.0.2.1:30024").unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(counters(&t).drops(DropReason::NoFlow), before + 1);
+}
+
 /// A configuration error names the field and exits with code 2.
 #[test]
 fn bad_config_exits_2() {

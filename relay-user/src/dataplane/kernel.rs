@@ -88,7 +88,11 @@ impl Kernel {
             ebpf.take_map(names::EVENTS)
                 .ok_or_else(|| anyhow!("EVENTS missing"))?,
         )?;
-        let maps = FlowMaps::take(&mut ebpf)?;
+        let mut maps = FlowMaps::take(&mut ebpf)?;
+        // Fallback marks belong to the previous relayd's forwarder.
+        for word in 0..names::USER_PORT_WORDS {
+            maps.user_ports.set(word, 0, 0)?;
+        }
 
         let program: &mut Xdp = ebpf
             .program_mut(ebpf::RELAY_PROGRAM)

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, anyhow};
 use aya::{
     Ebpf,
-    maps::{HashMap, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
+    maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
     util::nr_cpus,
 };
 use relay_common::{COUNTERS, Counter, FlowKey, FlowRule, FlowState, FlowStats, maps as names};
@@ -17,6 +17,8 @@ pub struct FlowMaps {
     pub state: HashMap<MapData, FlowKey, FlowState>,
     pub stats: PerCpuHashMap<MapData, FlowKey, FlowStats>,
     pub counters: PerCpuArray<MapData, u64>,
+    /// Ports whose rules live only in userspace (see the XDP program).
+    pub user_ports: Array<MapData, u64>,
 }
 
 impl FlowMaps {
@@ -27,6 +29,7 @@ impl FlowMaps {
             state: HashMap::try_from(take(ebpf, names::FLOW_STATE)?)?,
             stats: PerCpuHashMap::try_from(take(ebpf, names::FLOW_STATS)?)?,
             counters: PerCpuArray::try_from(take(ebpf, names::COUNTERS)?)?,
+            user_ports: Array::try_from(take(ebpf, names::USER_PORTS)?)?,
         })
     }
 
@@ -46,6 +49,7 @@ impl FlowMaps {
             state: HashMap::try_from(Map::HashMap(open(names::FLOW_STATE)?))?,
             stats: PerCpuHashMap::try_from(Map::PerCpuHashMap(open(names::FLOW_STATS)?))?,
             counters: PerCpuArray::try_from(Map::PerCpuArray(open(names::COUNTERS)?))?,
+            user_ports: Array::try_from(Map::Array(open(names::USER_PORTS)?))?,
         })
     }
 
@@ -72,6 +76,16 @@ impl FlowMaps {
         let _ = self.flows.remove(key);
         let _ = self.state.remove(key);
         let _ = self.stats.remove(key);
+    }
+
+    /// Marks `port` as served by the userspace forwarder alone (or not).
+    pub fn set_user_port(&mut self, port: u16, on: bool) -> Result<()> {
+        let index = port as u32 / 64;
+        let bit = 1u64 << (port % 64);
+        let word = self.user_ports.get(&index, 0)?;
+        let word = if on { word | bit } else { word & !bit };
+        self.user_ports.set(index, word, 0)?;
+        Ok(())
     }
 
     pub fn len(&self) -> usize {

@@ -7,7 +7,10 @@ pub mod kernel;
 pub mod maps;
 pub mod view;
 
-use std::{collections::BTreeMap, net::SocketAddr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::SocketAddr,
+};
 
 use anyhow::{Result, bail};
 use aya::maps::{MapData, RingBuf};
@@ -61,6 +64,9 @@ pub struct Dataplane {
     kernel: Option<Kernel>,
     forwarder: Forwarder,
     rules: BTreeMap<SocketAddr, Rule>,
+    /// Rules the kernel refused (map full): served by the forwarder alone.
+    fallback: BTreeSet<SocketAddr>,
+    kernel_write_failures: u64,
     next_id: u64,
 }
 
@@ -89,6 +95,8 @@ impl Dataplane {
             kernel,
             forwarder: Forwarder::new(events),
             rules: BTreeMap::new(),
+            fallback: BTreeSet::new(),
+            kernel_write_failures: 0,
             next_id: 1,
         };
         dp.adopt_pinned_rules();
@@ -152,17 +160,27 @@ impl Dataplane {
             .is_none_or(|o| o.policy != rule.policy || o.peer != rule.peer);
         let krule = rule.to_kernel(monotonic_ns());
         self.forwarder.install(&rule, krule, reset)?;
-        if let Some(kernel) = &mut self.kernel
-            && let Err(e) = kernel.maps.install(&rule.key(), &krule, reset)
-        {
-            // Put the forwarder back as it was: the rule is not half-installed.
-            self.forwarder.remove(rule.local);
-            if let Some(o) = &old {
-                let _ = self
-                    .forwarder
-                    .install(o, o.to_kernel(monotonic_ns()), false);
+        if let Some(kernel) = &mut self.kernel {
+            match kernel.maps.install(&rule.key(), &krule, reset) {
+                Ok(()) => {
+                    if self.fallback.remove(&rule.local) {
+                        kernel.maps.set_user_port(rule.local.port(), false)?;
+                    }
+                }
+                Err(e) => {
+                    // The call must not fail because the fast path is full:
+                    // the forwarder serves this endpoint, and the XDP program
+                    // passes its packets up instead of dropping them.
+                    self.kernel_write_failures += 1;
+                    warn!(local = %rule.local, error = %format!("{e:#}"), "kernel rule write failed; the userspace forwarder carries this flow");
+                    kernel.maps.remove(&rule.key());
+                    if let Err(e) = kernel.maps.set_user_port(rule.local.port(), true) {
+                        self.forwarder.remove(rule.local);
+                        return Err(e.context("the fast path refused the rule and the fallback"));
+                    }
+                    self.fallback.insert(rule.local);
+                }
             }
-            return Err(e);
         }
         self.rules.insert(rule.local, rule.clone());
         Ok(rule)
@@ -174,6 +192,9 @@ impl Dataplane {
         };
         if let Some(kernel) = &mut self.kernel {
             kernel.maps.remove(&rule.key());
+            if self.fallback.remove(&local) {
+                kernel.maps.set_user_port(local.port(), false)?;
+            }
         }
         self.forwarder.remove(local);
         Ok(rule)
@@ -211,11 +232,16 @@ impl Dataplane {
     }
 
     pub fn counters(&self) -> CountersView {
-        CountersView::new(
+        let mut view = CountersView::new(
             self.mode,
             self.kernel.as_ref().map(|k| k.maps.counters()),
             Some(self.forwarder.counters()),
-        )
+        );
+        if let Some(user) = &mut view.userspace {
+            user.insert("kernel_write_failures".into(), self.kernel_write_failures);
+            user.insert("fallback_rules".into(), self.fallback.len() as u64);
+        }
+        view
     }
 
     /// Sockets the forwarder holds (leak checks in tests and `relayctl`).
