@@ -234,6 +234,11 @@ fn parse(ctx: &XdpContext) -> Result<Option<Udp>, DropReason> {
         let Some(src) = read::<Addr>(ctx, l3 + 8) else {
             return Ok(None);
         };
+        // IPv4-mapped addresses inside IPv6 must not match IPv4 rules (and the
+        // kernel drops such packets itself).
+        if addr_is_v4(&dst) || addr_is_v4(&src) {
+            return Ok(None);
+        }
         let plen = u16::from_be_bytes(plen) as usize;
         if plen < UDP_HLEN || l3 + IPV6_HLEN + plen > frame_len {
             return Err(DropReason::Malformed);
