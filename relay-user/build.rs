@@ -11,7 +11,7 @@ fn main() {
     let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
     let objdir = manifest.join("../relay-ebpf/target/bpfel-unknown-none/release");
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("set by cargo"));
-    for name in ["relay-ebpf", "relay-pass"] {
+    for name in ["relay-ebpf", "relay-pass", "relay-gen", "relay-sink"] {
         let src = objdir.join(name);
         println!("cargo:rerun-if-changed={}", src.display());
         let bytes = fs::read(&src).unwrap_or_default();

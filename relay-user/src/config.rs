@@ -16,6 +16,8 @@ pub struct Config {
     pub dataplane: DataplaneConfig,
     #[serde(default)]
     pub control: ControlConfig,
+    #[serde(default)]
+    pub media: MediaConfig,
     /// Interfaces the relay anchors media on.
     #[serde(rename = "interface")]
     pub interfaces: Vec<InterfaceConfig>,
@@ -65,6 +67,28 @@ impl Default for DataplaneConfig {
     }
 }
 
+/// Limits and timers of the media core.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediaConfig {
+    /// Most concurrent calls; beyond, offers are refused (SIP 503, NG `load limit`).
+    pub max_calls: usize,
+    /// Most concurrent media streams (m-lines) over all calls.
+    pub max_streams: usize,
+    /// A call whose media has been silent this long (seconds) is ended.
+    pub media_timeout_s: u64,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        Self {
+            max_calls: 10_000,
+            max_streams: 40_000,
+            media_timeout_s: 60,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ControlConfig {
@@ -93,6 +117,15 @@ pub struct InterfaceConfig {
     pub address: IpAddr,
     /// Media port range, "min-max".
     pub ports: String,
+    /// How peers on this interface may send: "strict" (the SDP address and
+    /// port; the default), "restricted" (SDP address, port learned) or
+    /// "latch" (learned, for peers behind NAT whose SDP address is private).
+    #[serde(default = "default_policy")]
+    pub source_policy: crate::rule::Policy,
+}
+
+fn default_policy() -> crate::rule::Policy {
+    crate::rule::Policy::Strict
 }
 
 /// A validated interface with its parsed port range.
@@ -103,6 +136,7 @@ pub struct Interface {
     pub address: IpAddr,
     pub port_min: u16,
     pub port_max: u16,
+    pub source_policy: crate::rule::Policy,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -153,6 +187,12 @@ impl Config {
                 "at least one [[interface]] is required".into(),
             ));
         }
+        if self.media.max_calls == 0 || self.media.max_streams == 0 {
+            return Err(("media.max_calls".into(), "limits must be at least 1".into()));
+        }
+        if self.media.media_timeout_s == 0 {
+            return Err(("media.media_timeout_s".into(), "must be at least 1 second".into()));
+        }
         if self.dataplane.max_flows == 0 || self.dataplane.max_flows > 16_000_000 {
             return Err((
                 "dataplane.max_flows".into(),
@@ -192,6 +232,7 @@ impl Config {
                 address: iface.address,
                 port_min: min,
                 port_max: max,
+                source_policy: iface.source_policy,
             });
         }
         Ok(out)
@@ -207,7 +248,7 @@ fn parse_range(s: &str) -> Result<(u16, u16), String> {
     if min < 1024 || min > max {
         return Err(format!("{s:?}: need 1024 <= min <= max"));
     }
-    if min % 2 != 0 || max % 2 != 1 {
+    if !min.is_multiple_of(2) || max.is_multiple_of(2) {
         return Err(format!(
             "{s:?}: need an even first port and an odd last port (RTP/RTCP pairs)"
         ));
@@ -274,6 +315,13 @@ ports = "40000-40999"
         assert!(e.contains("interface"), "{e}");
         let e = err(&GOOD.replace("2001:db8::1", "192.0.2.1"));
         assert!(e.contains("interface[1].address"), "{e}");
+    }
+
+    #[test]
+    fn example_in_docs_parses() {
+        let text = include_str!("../../docs/relay.example.toml");
+        let (_, ifs) = Config::parse(text, Path::new("docs/relay.example.toml")).unwrap();
+        assert_eq!(ifs.len(), 2);
     }
 
     #[test]

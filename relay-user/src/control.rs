@@ -19,7 +19,12 @@ use tokio::{
 };
 use tracing::{debug, warn};
 
-use crate::{dataplane::Dataplane, rule::Rule};
+use crate::{
+    dataplane::monotonic_ns,
+    media::{Answer, Offer},
+    relay::Relay,
+    rule::{Policy, Rule},
+};
 
 /// Version of the request/response schema.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -42,6 +47,36 @@ pub enum Request {
     Rule { local: SocketAddr },
     /// Global counters.
     Counters,
+    /// Media core `offer`: returns `{ "sdp": ... }` for the other leg.
+    Offer {
+        call_id: String,
+        from_tag: String,
+        sdp: String,
+        /// Interface names facing the offerer and the answerer.
+        #[serde(default)]
+        from_iface: Option<String>,
+        #[serde(default)]
+        to_iface: Option<String>,
+        #[serde(default)]
+        policy: Option<Policy>,
+    },
+    /// Media core `answer`: returns `{ "sdp": ... }` for the offerer.
+    Answer {
+        call_id: String,
+        from_tag: String,
+        to_tag: String,
+        sdp: String,
+        #[serde(default)]
+        policy: Option<Policy>,
+    },
+    /// Ends a call: its rules go, its ports are freed.
+    Delete { call_id: String },
+    /// One call with its streams.
+    Query { call_id: String },
+    /// Call ids.
+    Calls,
+    /// Blocks or unblocks all media of a call.
+    Block { call_id: String, blocked: bool },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -74,29 +109,75 @@ impl Response {
 }
 
 /// Answers one request line. Never panics on input.
-pub fn handle_line(line: &str, dp: &Mutex<Dataplane>, started: Instant) -> Response {
+pub fn handle_line(line: &str, relay: &Mutex<Relay>, started: Instant) -> Response {
     let request: Request = match serde_json::from_str(line) {
         Ok(r) => r,
         Err(e) => return Response::err(format!("bad request: {e}")),
     };
-    let mut dp = dp.lock().unwrap_or_else(|p| p.into_inner());
+    let mut relay = relay.lock().unwrap_or_else(|p| p.into_inner());
+    let now_ns = monotonic_ns();
     let result = match request {
         Request::Version => Ok(serde_json::json!({
             "version": env!("CARGO_PKG_VERSION"),
             "schema": SCHEMA_VERSION,
             "uptime_s": started.elapsed().as_secs(),
-            "dataplane": format!("{:?}", dp.mode()).to_lowercase(),
-            "rules": dp.rules().count(),
-            "bound_endpoints": dp.bound_endpoints(),
+            "dataplane": format!("{:?}", relay.dp.mode()).to_lowercase(),
+            "rules": relay.dp.rules().count(),
+            "bound_endpoints": relay.dp.bound_endpoints(),
+            "calls": relay.media.len(),
+            "ports_in_use": relay.media.ports_in_use(),
         })),
-        Request::AddRule { rule } => dp.install(rule).map(|r| to_json(&r)),
-        Request::DelRule { local } => dp.remove(local).map(|r| to_json(&r)),
-        Request::Rules => Ok(to_json(&dp.views())),
-        Request::Rule { local } => dp
+        Request::AddRule { rule } => relay.add_static(rule).map(|r| to_json(&r)),
+        Request::DelRule { local } => relay.remove_static(local).map(|r| to_json(&r)),
+        Request::Rules => Ok(to_json(&relay.dp.views())),
+        Request::Rule { local } => relay
+            .dp
             .view(local)
             .map(|v| to_json(&v))
             .ok_or_else(|| anyhow!("no rule on {local}")),
-        Request::Counters => Ok(to_json(&dp.counters())),
+        Request::Counters => {
+            let mut c = relay.dp.counters();
+            if let Some(user) = &mut c.userspace {
+                user.insert("call_rule_errors".into(), relay.rule_errors);
+            }
+            Ok(to_json(&c))
+        }
+        Request::Offer { call_id, from_tag, sdp, from_iface, to_iface, policy } => relay
+            .offer(&Offer {
+                call_id: &call_id,
+                from_tag: &from_tag,
+                sdp: &sdp,
+                from_iface: from_iface.as_deref(),
+                to_iface: to_iface.as_deref(),
+                from_policy: policy,
+                now_ns,
+            })
+            .map(|sdp| serde_json::json!({ "sdp": sdp }))
+            .map_err(Into::into),
+        Request::Answer { call_id, from_tag, to_tag, sdp, policy } => relay
+            .answer(&Answer {
+                call_id: &call_id,
+                from_tag: &from_tag,
+                to_tag: &to_tag,
+                sdp: &sdp,
+                to_policy: policy,
+                now_ns,
+            })
+            .map(|sdp| serde_json::json!({ "sdp": sdp }))
+            .map_err(Into::into),
+        Request::Delete { call_id } => relay
+            .delete(&call_id)
+            .map(|()| serde_json::json!({ "deleted": call_id }))
+            .map_err(Into::into),
+        Request::Query { call_id } => relay
+            .query(&call_id)
+            .map(|v| to_json(&v))
+            .ok_or_else(|| anyhow!("no call {call_id:?}")),
+        Request::Calls => Ok(to_json(&relay.media.list())),
+        Request::Block { call_id, blocked } => relay
+            .block(&call_id, blocked)
+            .map(|()| serde_json::json!({ "call_id": call_id, "blocked": blocked }))
+            .map_err(Into::into),
     };
     match result {
         Ok(v) => Response::ok(v),
@@ -127,7 +208,7 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
 }
 
 /// Serves control connections until the task is dropped.
-pub async fn serve(listener: UnixListener, dp: Arc<Mutex<Dataplane>>, started: Instant) {
+pub async fn serve(listener: UnixListener, dp: Arc<Mutex<Relay>>, started: Instant) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
@@ -141,7 +222,7 @@ pub async fn serve(listener: UnixListener, dp: Arc<Mutex<Dataplane>>, started: I
     }
 }
 
-async fn connection(stream: TokioUnixStream, dp: Arc<Mutex<Dataplane>>, started: Instant) {
+async fn connection(stream: TokioUnixStream, dp: Arc<Mutex<Relay>>, started: Instant) {
     let (read, mut write) = stream.into_split();
     let mut reader = TokioBufReader::new(read);
     loop {

@@ -6,11 +6,17 @@ struct Aligned<B: ?Sized>(B);
 
 static RELAY: &Aligned<[u8]> = &Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/relay-ebpf.o")));
 static PASS: &Aligned<[u8]> = &Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/relay-pass.o")));
+static GEN: &Aligned<[u8]> = &Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/relay-gen.o")));
+static SINK: &Aligned<[u8]> = &Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/relay-sink.o")));
 
 /// Name of the relay's XDP program inside [`relay_object`].
 pub const RELAY_PROGRAM: &str = "relay";
 /// Name of the pass-only program inside [`pass_object`].
 pub const PASS_PROGRAM: &str = "relay_pass";
+/// Name of the benchmark's traffic generator inside [`gen_object`].
+pub const GEN_PROGRAM: &str = "relay_gen";
+/// Name of the benchmark's counting sink inside [`sink_object`].
+pub const SINK_PROGRAM: &str = "relay_sink";
 
 #[derive(Debug, thiserror::Error)]
 #[error(
@@ -27,6 +33,18 @@ pub fn relay_object() -> Result<&'static [u8], NotBuilt> {
 /// receive redirected frames (tests, benchmarks, the demo).
 pub fn pass_object() -> Result<&'static [u8], NotBuilt> {
     non_empty(&PASS.0)
+}
+
+/// The benchmark's traffic generator: run with BPF_PROG_TEST_RUN in live-frames
+/// mode, it sends every frame out of its interface (XDP_TX), stepping the UDP
+/// ports over N flows.
+pub fn gen_object() -> Result<&'static [u8], NotBuilt> {
+    non_empty(&GEN.0)
+}
+
+/// The benchmark's sink: counts IPv4 UDP frames per CPU and drops everything.
+pub fn sink_object() -> Result<&'static [u8], NotBuilt> {
+    non_empty(&SINK.0)
 }
 
 fn non_empty(b: &'static [u8]) -> Result<&'static [u8], NotBuilt> {

@@ -5,4 +5,7 @@ pub mod config;
 pub mod control;
 pub mod dataplane;
 pub mod ebpf;
+pub mod media;
+pub mod relay;
 pub mod rule;
+pub mod sdp;

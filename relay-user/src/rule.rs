@@ -157,16 +157,11 @@ impl Rule {
             Action::Block => Path::Block,
         };
         let interval = r.rate_interval_ns;
-        let rate_pps = if interval == 0 {
-            0
-        } else {
-            (1_000_000_000 / interval) as u32
-        };
-        let burst = if interval == 0 {
-            0
-        } else {
-            (r.rate_burst_ns / interval) as u32 + 1
-        };
+        let rate_pps = 1_000_000_000u64.checked_div(interval).unwrap_or(0) as u32;
+        let burst = r
+            .rate_burst_ns
+            .checked_div(interval)
+            .map_or(0, |b| b as u32 + 1);
         Some(Rule {
             id: r.id,
             local: sock_of(&key.addr, key.port),

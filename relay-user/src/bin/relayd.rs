@@ -16,6 +16,7 @@ use relay_user::{
     config::{Config, DataplaneMode},
     control,
     dataplane::{Dataplane, LatchNotice},
+    relay::Relay,
 };
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind, sync::mpsc};
 use tracing::{error, info, warn};
@@ -104,7 +105,17 @@ async fn run(config: Config, interfaces: Vec<relay_user::config::Interface>) -> 
         }
     });
 
-    let dp = Arc::new(Mutex::new(dp));
+    let relay = Arc::new(Mutex::new(Relay::new(dp, config.media.clone())?));
+    let dp = relay.clone();
+    // Media timeouts: silent calls are ended (the SIP front door will send BYE).
+    let expiry = relay.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            expiry.lock().unwrap_or_else(|p| p.into_inner()).expire();
+        }
+    });
     let listener = control::bind(&config.control.socket)?;
     info!(socket = %config.control.socket.display(), "control socket ready");
     let server = tokio::spawn(control::serve(listener, dp.clone(), started));
@@ -117,7 +128,7 @@ async fn run(config: Config, interfaces: Vec<relay_user::config::Interface>) -> 
     server.abort();
     let _ = std::fs::remove_file(&config.control.socket);
     let _ = server.await;
-    dp.lock().unwrap_or_else(|p| p.into_inner()).shutdown();
+    dp.lock().unwrap_or_else(|p| p.into_inner()).dp.shutdown();
     Ok(())
 }
 

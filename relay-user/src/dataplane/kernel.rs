@@ -181,7 +181,7 @@ fn ensure_bpffs(pin_path: &Path) -> Result<()> {
     const BPF_FS_MAGIC: i64 = 0xcafe4a11;
     let is_bpffs = |p: &Path| {
         nix::sys::statfs::statfs(p)
-            .map(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+            .map(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
             .unwrap_or(false)
     };
     let root = Path::new("/sys/fs/bpf");

@@ -231,6 +231,16 @@ impl Dataplane {
         )
     }
 
+    /// CLOCK_MONOTONIC ns of the last packet accepted on `local`, either path.
+    pub fn last_seen_ns(&self, local: SocketAddr) -> Option<u64> {
+        let user = self.forwarder.stats(local).last_seen_ns;
+        let kernel = self
+            .kernel
+            .as_ref()
+            .map_or(0, |k| k.maps.stats(&rule::key_of(local)).last_seen_ns);
+        Some(user.max(kernel)).filter(|t| *t != 0)
+    }
+
     pub fn counters(&self) -> CountersView {
         let mut view = CountersView::new(
             self.mode,

@@ -1,0 +1,204 @@
+//! The call model: a call has two legs, each facing one relay interface; a
+//! leg has one side per stream (m-line). Rules are derived from it, never
+//! stored in it.
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr},
+};
+
+use serde::Serialize;
+
+use crate::{
+    rule::{Path, Policy, Rule},
+    sdp::Direction,
+};
+
+/// One leg's view of one stream: where the relay listens for it on the leg's
+/// interface, and what the leg's SDP said.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Side {
+    /// Relay RTP port on the leg's interface (RTCP is this + 1).
+    pub relay_port: u16,
+    /// The peer's RTP address from its SDP (None until that SDP arrives).
+    pub peer_rtp: Option<SocketAddr>,
+    /// The peer's RTCP address (a=rtcp, else RTP port + 1).
+    pub peer_rtcp: Option<SocketAddr>,
+    pub direction: Direction,
+    /// c=0.0.0.0 (or ::): the peer wants nothing sent to it.
+    pub hold_addr: bool,
+    pub rtcp_mux: bool,
+    /// Port 0 in the peer's SDP.
+    pub rejected: bool,
+}
+
+impl Side {
+    pub fn new(relay_port: u16) -> Self {
+        Self {
+            relay_port,
+            peer_rtp: None,
+            peer_rtcp: None,
+            direction: Direction::SendRecv,
+            hold_addr: false,
+            rtcp_mux: false,
+            rejected: false,
+        }
+    }
+
+    fn receives(&self) -> bool {
+        self.direction.receives() && !self.hold_addr
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stream {
+    pub kind: String,
+    /// Index 0 faces leg 0 (the first offerer), index 1 leg 1.
+    pub sides: [Side; 2],
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Leg {
+    /// SIP tag (from-tag of the first offer for leg 0, to-tag for leg 1).
+    pub tag: Option<String>,
+    /// Index into the media core's interfaces.
+    pub iface: usize,
+    pub address: IpAddr,
+    /// How this leg's peer may send to the relay.
+    pub policy: Policy,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Call {
+    pub id: String,
+    pub legs: [Leg; 2],
+    pub streams: Vec<Stream>,
+    /// The leg whose offer awaits an answer.
+    pub pending_offer: Option<usize>,
+    /// An answer has been seen (media may flow).
+    pub answered: bool,
+    /// CLOCK_MONOTONIC ns of creation and of the last offer/answer.
+    pub created_ns: u64,
+    pub touched_ns: u64,
+    /// Operator/NG `block media`: every rule of the call drops.
+    pub blocked: bool,
+}
+
+impl Call {
+    /// The rules this call needs now, keyed by receiving relay endpoint.
+    /// A direction gets rules once both of its ends have sent SDP.
+    pub fn desired_rules(&self) -> BTreeMap<SocketAddr, Rule> {
+        let mut out = BTreeMap::new();
+        for stream in &self.streams {
+            for from in 0..2 {
+                let to = 1 - from;
+                if let Some(rules) = self.direction_rules(stream, from, to) {
+                    for r in rules {
+                        out.insert(r.local, r);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn direction_rules(&self, stream: &Stream, from: usize, to: usize) -> Option<Vec<Rule>> {
+        let (src, dst) = (&stream.sides[from], &stream.sides[to]);
+        if src.rejected || dst.rejected {
+            return None;
+        }
+        let peer_rtp = src.peer_rtp?;
+        let dst_rtp = dst.peer_rtp?;
+        let (in_leg, out_leg) = (&self.legs[from], &self.legs[to]);
+        let flows = self.blocked || !dst.receives() || !src.direction.sends();
+        let path = if flows { Path::Block } else { Path::Forward };
+        // A peer address we cannot check (unspecified) can only be learned.
+        let policy = if peer_rtp.ip().is_unspecified() {
+            Policy::Latch
+        } else {
+            in_leg.policy
+        };
+        let rule = |local_port: u16, peer: SocketAddr, out_port: u16, dst: SocketAddr| Rule {
+            id: 0,
+            local: SocketAddr::new(in_leg.address, local_port),
+            policy,
+            peer: (policy != Policy::Latch).then_some(peer),
+            latch_window_ms: 30_000,
+            out_src: SocketAddr::new(out_leg.address, out_port),
+            dst,
+            path,
+            rate_pps: 0,
+            burst: 0,
+        };
+        let mut rules = vec![rule(src.relay_port, peer_rtp, dst.relay_port, dst_rtp)];
+        let mux = src.rtcp_mux && dst.rtcp_mux;
+        if !mux && let (Some(peer_rtcp), Some(dst_rtcp)) = (src.peer_rtcp, dst.peer_rtcp) {
+            rules.push(rule(src.relay_port + 1, peer_rtcp, dst.relay_port + 1, dst_rtcp));
+        }
+        Some(rules)
+    }
+
+    pub fn view(&self) -> CallView {
+        CallView {
+            call_id: self.id.clone(),
+            answered: self.answered,
+            blocked: self.blocked,
+            legs: self
+                .legs
+                .iter()
+                .enumerate()
+                .map(|(i, leg)| LegView {
+                    tag: leg.tag.clone(),
+                    address: leg.address,
+                    policy: leg.policy,
+                    streams: self
+                        .streams
+                        .iter()
+                        .map(|s| {
+                            let side = &s.sides[i];
+                            StreamView {
+                                kind: s.kind.clone(),
+                                relay_rtp: SocketAddr::new(leg.address, side.relay_port),
+                                peer_rtp: side.peer_rtp,
+                                peer_rtcp: side.peer_rtcp,
+                                direction: side.direction.as_str().to_string(),
+                                hold: side.hold_addr,
+                                rtcp_mux: side.rtcp_mux,
+                                rejected: side.rejected,
+                            }
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// What `query` and the control socket show of a call.
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct CallView {
+    pub call_id: String,
+    pub answered: bool,
+    pub blocked: bool,
+    pub legs: Vec<LegView>,
+}
+
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct LegView {
+    pub tag: Option<String>,
+    pub address: IpAddr,
+    pub policy: Policy,
+    pub streams: Vec<StreamView>,
+}
+
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct StreamView {
+    pub kind: String,
+    pub relay_rtp: SocketAddr,
+    pub peer_rtp: Option<SocketAddr>,
+    pub peer_rtcp: Option<SocketAddr>,
+    pub direction: String,
+    pub hold: bool,
+    pub rtcp_mux: bool,
+    pub rejected: bool,
+}

@@ -1,0 +1,137 @@
+//! The relay as the front doors (control socket, NG, SIP) see it: the media
+//! core plus the data plane it writes. Every verb runs the media core's
+//! logic, then applies the rule changes it returned.
+
+use std::net::SocketAddr;
+
+use anyhow::{Result, anyhow};
+use tracing::{info, warn};
+
+use crate::{
+    config::MediaConfig,
+    dataplane::{Dataplane, monotonic_ns},
+    media::{Answer, CallView, MediaCore, MediaError, Offer, RuleChange},
+    rule::Rule,
+};
+
+pub struct Relay {
+    pub dp: Dataplane,
+    pub media: MediaCore,
+    /// Rule writes the data plane refused while applying call changes.
+    pub rule_errors: u64,
+}
+
+/// A verb's failure: refused by the media core (bad SDP, limits, unknown call)
+/// or by the data plane.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error(transparent)]
+    Media(#[from] MediaError),
+    #[error("data plane: {0:#}")]
+    Dataplane(anyhow::Error),
+}
+
+impl RelayError {
+    pub fn is_load_limit(&self) -> bool {
+        matches!(self, RelayError::Media(e) if e.is_load_limit())
+    }
+}
+
+impl Relay {
+    pub fn new(dp: Dataplane, limits: MediaConfig) -> Result<Self> {
+        let mut media = MediaCore::new(dp.interfaces(), limits)?;
+        // Static rules (adopted from pinned maps) keep their ports.
+        for rule in dp.rules() {
+            if let Err(e) = media.reserve_static(rule.local) {
+                warn!(local = %rule.local, error = %e, "static rule port overlaps the media range");
+            }
+        }
+        Ok(Self {
+            dp,
+            media,
+            rule_errors: 0,
+        })
+    }
+
+    pub fn offer(&mut self, o: &Offer) -> Result<String, RelayError> {
+        let out = self.media.offer(o)?;
+        self.apply(out.changes)?;
+        Ok(out.sdp)
+    }
+
+    pub fn answer(&mut self, a: &Answer) -> Result<String, RelayError> {
+        let out = self.media.answer(a)?;
+        self.apply(out.changes)?;
+        Ok(out.sdp)
+    }
+
+    pub fn delete(&mut self, call_id: &str) -> Result<(), RelayError> {
+        let changes = self.media.delete(call_id)?;
+        self.apply(changes)
+    }
+
+    pub fn block(&mut self, call_id: &str, blocked: bool) -> Result<(), RelayError> {
+        let changes = self.media.set_blocked(call_id, blocked)?;
+        self.apply(changes)
+    }
+
+    pub fn query(&self, call_id: &str) -> Option<CallView> {
+        self.media.query(call_id)
+    }
+
+    /// A static rule from the operator; its port pair is taken from the media
+    /// range so no call gets it.
+    pub fn add_static(&mut self, rule: Rule) -> Result<Rule> {
+        let fresh = !self.dp.rules().any(|r| r.local == rule.local);
+        if fresh {
+            self.media
+                .reserve_static(rule.local)
+                .map_err(|e| anyhow!("{} is in use by a call: {e}", rule.local))?;
+        }
+        let local = rule.local;
+        let result = self.dp.install(rule);
+        if result.is_err() && fresh {
+            self.media.release_static(local);
+        }
+        result
+    }
+
+    pub fn remove_static(&mut self, local: SocketAddr) -> Result<Rule> {
+        let rule = self.dp.remove(local)?;
+        self.media.release_static(local);
+        Ok(rule)
+    }
+
+    /// Ends calls whose media went silent; returns their ids for the front
+    /// doors (SIP sends BYE on both legs).
+    pub fn expire(&mut self) -> Vec<String> {
+        let now = monotonic_ns();
+        let ids = self.media.expired(now, |ep| self.dp.last_seen_ns(ep));
+        for id in &ids {
+            info!(call = %id, "media timeout: ending the call");
+            if let Err(e) = self.delete(id) {
+                warn!(call = %id, error = %e, "ending a timed-out call");
+            }
+        }
+        ids
+    }
+
+    fn apply(&mut self, changes: Vec<RuleChange>) -> Result<(), RelayError> {
+        let mut first_error = None;
+        for change in changes {
+            let result = match change {
+                RuleChange::Install(rule) => self.dp.install(rule).map(drop),
+                RuleChange::Remove(local) => self.dp.remove(local).map(drop),
+            };
+            if let Err(e) = result {
+                self.rule_errors += 1;
+                warn!(error = %format!("{e:#}"), "applying a rule change");
+                first_error.get_or_insert(e);
+            }
+        }
+        match first_error {
+            Some(e) => Err(RelayError::Dataplane(e)),
+            None => Ok(()),
+        }
+    }
+}
