@@ -191,7 +191,10 @@ impl Config {
             return Err(("media.max_calls".into(), "limits must be at least 1".into()));
         }
         if self.media.media_timeout_s == 0 {
-            return Err(("media.media_timeout_s".into(), "must be at least 1 second".into()));
+            return Err((
+                "media.media_timeout_s".into(),
+                "must be at least 1 second".into(),
+            ));
         }
         if self.dataplane.max_flows == 0 || self.dataplane.max_flows > 16_000_000 {
             return Err((

@@ -142,7 +142,14 @@ pub fn handle_line(line: &str, relay: &Mutex<Relay>, started: Instant) -> Respon
             }
             Ok(to_json(&c))
         }
-        Request::Offer { call_id, from_tag, sdp, from_iface, to_iface, policy } => relay
+        Request::Offer {
+            call_id,
+            from_tag,
+            sdp,
+            from_iface,
+            to_iface,
+            policy,
+        } => relay
             .offer(&Offer {
                 call_id: &call_id,
                 from_tag: &from_tag,
@@ -154,7 +161,13 @@ pub fn handle_line(line: &str, relay: &Mutex<Relay>, started: Instant) -> Respon
             })
             .map(|sdp| serde_json::json!({ "sdp": sdp }))
             .map_err(Into::into),
-        Request::Answer { call_id, from_tag, to_tag, sdp, policy } => relay
+        Request::Answer {
+            call_id,
+            from_tag,
+            to_tag,
+            sdp,
+            policy,
+        } => relay
             .answer(&Answer {
                 call_id: &call_id,
                 from_tag: &from_tag,

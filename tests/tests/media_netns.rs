@@ -92,7 +92,7 @@ impl Calls<'_> {
             from_tag: from_tag.into(),
             to_tag: to_tag.into(),
             sdp,
-        policy: None,
+            policy: None,
         });
         v["sdp"].as_str().unwrap().to_string()
     }
@@ -121,19 +121,23 @@ fn exchange(tx: &UdpSocket, to: SocketAddr, rx: &UdpSocket, from: SocketAddr, n:
 }
 
 fn assert_silent(rx: &UdpSocket) {
-    rx.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    rx.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
     let mut buf = [0u8; 2048];
     if let Ok((n, from)) = rx.recv_from(&mut buf) {
         panic!("unexpected {n}-byte packet from {from}");
     }
-    rx.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    rx.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
 }
 
 fn drain(rx: &UdpSocket) {
-    rx.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    rx.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
     let mut buf = [0u8; 2048];
     while rx.recv_from(&mut buf).is_ok() {}
-    rx.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    rx.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
 }
 
 #[test]
@@ -152,20 +156,37 @@ fn offer_answer_reoffer_hold_delete() {
 
     // Offer from the PBX side; the callee sees only the relay's outside address.
     let to_callee = c.offer("call-1", "tag-a", sdp("192.0.2.10", 4000, "sendrecv"), true);
-    assert!(!to_callee.contains("192.0.2."), "inside address leaked:\n{to_callee}");
+    assert!(
+        !to_callee.contains("192.0.2."),
+        "inside address leaked:\n{to_callee}"
+    );
     let relay_out = media_endpoint(&to_callee);
     assert_eq!(relay_out.ip().to_string(), "198.51.100.1");
     assert!(rules(&t).is_empty(), "no rules before both ends are known");
-    let to_caller = c.answer("call-1", "tag-a", "tag-b", sdp("198.51.100.10", 5000, "sendrecv"));
-    assert!(!to_caller.contains("198.51.100."), "outside address leaked:\n{to_caller}");
+    let to_caller = c.answer(
+        "call-1",
+        "tag-a",
+        "tag-b",
+        sdp("198.51.100.10", 5000, "sendrecv"),
+    );
+    assert!(
+        !to_caller.contains("198.51.100."),
+        "outside address leaked:\n{to_caller}"
+    );
     let relay_in = media_endpoint(&to_caller);
     assert_eq!(relay_in.ip().to_string(), "192.0.2.1");
-    assert!(to_caller.contains("a=rtpmap:101 telephone-event/8000"), "{to_caller}");
+    assert!(
+        to_caller.contains("a=rtpmap:101 telephone-event/8000"),
+        "{to_caller}"
+    );
 
     exchange(&caller, relay_in, &callee, relay_out, 100);
     exchange(&callee, relay_out, &caller, relay_in, 100);
     let xdp = counters(&t).xdp.unwrap();
-    assert!(xdp["xdp_redirect"] >= 190, "media took the XDP path: {xdp:?}");
+    assert!(
+        xdp["xdp_redirect"] >= 190,
+        "media took the XDP path: {xdp:?}"
+    );
 
     // Re-offer from the callee moving it to port 5004 while the caller streams:
     // every packet sent after the answer reaches the new port.
@@ -193,7 +214,8 @@ fn offer_answer_reoffer_hold_delete() {
         std::thread::spawn(move || {
             let mut got = BTreeSet::new();
             let mut buf = [0u8; 2048];
-            rx.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+            rx.set_read_timeout(Some(Duration::from_millis(300)))
+                .unwrap();
             loop {
                 match rx.recv_from(&mut buf) {
                     Ok((n, _)) => {
@@ -206,17 +228,36 @@ fn offer_answer_reoffer_hold_delete() {
         })
     };
     std::thread::sleep(Duration::from_millis(100));
-    let offer_to_caller = c.offer("call-1", "tag-b", sdp("198.51.100.10", 5004, "sendrecv"), false);
-    assert_eq!(media_endpoint(&offer_to_caller), relay_in, "the caller's view does not change");
-    c.answer("call-1", "tag-b", "tag-a", sdp("192.0.2.10", 4000, "sendrecv"));
+    let offer_to_caller = c.offer(
+        "call-1",
+        "tag-b",
+        sdp("198.51.100.10", 5004, "sendrecv"),
+        false,
+    );
+    assert_eq!(
+        media_endpoint(&offer_to_caller),
+        relay_in,
+        "the caller's view does not change"
+    );
+    c.answer(
+        "call-1",
+        "tag-b",
+        "tag-a",
+        sdp("192.0.2.10", 4000, "sendrecv"),
+    );
     let mark = sent.load(Ordering::Relaxed);
     std::thread::sleep(Duration::from_millis(200));
     stop.store(true, Ordering::Relaxed);
     sender.join().unwrap();
     let last = sent.load(Ordering::Relaxed);
-    assert!(last > mark + 100, "the sender kept going after the answer ({mark}..{last})");
+    assert!(
+        last > mark + 100,
+        "the sender kept going after the answer ({mark}..{last})"
+    );
     let got = receiver.join().unwrap();
-    callee_new.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    callee_new
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
     let missing: Vec<u32> = (mark..last).filter(|s| !got.contains(s)).collect();
     assert!(missing.is_empty(), "lost after the answer: {missing:?}");
     drain(&callee);
@@ -224,8 +265,18 @@ fn offer_answer_reoffer_hold_delete() {
 
     // Hold: the caller puts the call on hold (sendonly). Nothing is forwarded
     // toward the caller any more; the caller's music on hold still flows.
-    c.offer("call-1", "tag-a", sdp("192.0.2.10", 4000, "sendonly"), false);
-    c.answer("call-1", "tag-a", "tag-b", sdp("198.51.100.10", 5004, "recvonly"));
+    c.offer(
+        "call-1",
+        "tag-a",
+        sdp("192.0.2.10", 4000, "sendonly"),
+        false,
+    );
+    c.answer(
+        "call-1",
+        "tag-a",
+        "tag-b",
+        sdp("198.51.100.10", 5004, "recvonly"),
+    );
     let blocked_before = counters(&t).drops(DropReason::Blocked);
     for seq in 0..20 {
         callee_new.send_to(&rtp(0xdef, seq), relay_out).unwrap();
@@ -235,17 +286,35 @@ fn offer_answer_reoffer_hold_delete() {
     exchange(&caller, relay_in, &callee_new, relay_out, 20);
 
     // Resume.
-    c.offer("call-1", "tag-a", sdp("192.0.2.10", 4000, "sendrecv"), false);
-    c.answer("call-1", "tag-a", "tag-b", sdp("198.51.100.10", 5004, "sendrecv"));
+    c.offer(
+        "call-1",
+        "tag-a",
+        sdp("192.0.2.10", 4000, "sendrecv"),
+        false,
+    );
+    c.answer(
+        "call-1",
+        "tag-a",
+        "tag-b",
+        sdp("198.51.100.10", 5004, "sendrecv"),
+    );
     exchange(&callee_new, relay_out, &caller, relay_in, 20);
     exchange(&caller, relay_in, &callee_new, relay_out, 20);
 
     // Query shows the call; delete removes every rule and frees every port.
-    let q = c.call(&Request::Query { call_id: "call-1".into() });
+    let q = c.call(&Request::Query {
+        call_id: "call-1".into(),
+    });
     assert_eq!(q["legs"][1]["streams"][0]["peer_rtp"], "198.51.100.10:5004");
-    c.call(&Request::Delete { call_id: "call-1".into() });
+    c.call(&Request::Delete {
+        call_id: "call-1".into(),
+    });
     let v = c.call(&Request::Version);
-    assert_eq!((v["calls"].as_u64(), v["rules"].as_u64()), (Some(0), Some(0)), "{v}");
+    assert_eq!(
+        (v["calls"].as_u64(), v["rules"].as_u64()),
+        (Some(0), Some(0)),
+        "{v}"
+    );
     assert_eq!(v["ports_in_use"], 0);
     assert_eq!(v["bound_endpoints"], 0);
     caller.send_to(&rtp(1, 1), relay_in).unwrap();
@@ -268,19 +337,36 @@ fn ten_thousand_calls_leave_nothing_behind() {
     let started = Instant::now();
     for i in 0..10_000u32 {
         let id = format!("bulk-{i}");
-        c.offer(&id, "a", sdp("192.0.2.10", 4000 + (i % 1000) as u16 * 2, "sendrecv"), true);
-        c.answer(&id, "a", "b", sdp("198.51.100.10", 5000 + (i % 1000) as u16 * 2, "sendrecv"));
+        c.offer(
+            &id,
+            "a",
+            sdp("192.0.2.10", 4000 + (i % 1000) as u16 * 2, "sendrecv"),
+            true,
+        );
+        c.answer(
+            &id,
+            "a",
+            "b",
+            sdp("198.51.100.10", 5000 + (i % 1000) as u16 * 2, "sendrecv"),
+        );
         // Keep a few hundred calls up at once so ports are reused under load.
         if i >= 300 {
-            c.call(&Request::Delete { call_id: format!("bulk-{}", i - 300) });
+            c.call(&Request::Delete {
+                call_id: format!("bulk-{}", i - 300),
+            });
         }
-        assert!(started.elapsed() < Duration::from_secs(600), "bounded in time");
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "bounded in time"
+        );
     }
     let v = c.call(&Request::Version);
     assert_eq!(v["calls"], 300);
     assert_eq!(v["rules"], 300 * 4);
     for i in 9_700..10_000u32 {
-        c.call(&Request::Delete { call_id: format!("bulk-{i}") });
+        c.call(&Request::Delete {
+            call_id: format!("bulk-{i}"),
+        });
     }
     let v = c.call(&Request::Version);
     assert_eq!(v["calls"], 0, "{v}");

@@ -347,12 +347,21 @@ fn full_fast_path_falls_back_to_userspace() {
     let mut t = Topology::new().expect("topology");
     t.start_relayd_with("xdp", 2).expect("relayd");
     for i in 0..3u16 {
-        relayctl_ok(&t, &[
-            "rule", "add", "--local", &format!("192.0.2.1:{}", 30020 + 2 * i),
-            "--peer", &format!("192.0.2.10:{}", 4020 + 2 * i),
-            "--out-src", &format!("198.51.100.1:{}", 40020 + 2 * i),
-            "--dst", &format!("198.51.100.10:{}", 5020 + 2 * i),
-        ]);
+        relayctl_ok(
+            &t,
+            &[
+                "rule",
+                "add",
+                "--local",
+                &format!("192.0.2.1:{}", 30020 + 2 * i),
+                "--peer",
+                &format!("192.0.2.10:{}", 4020 + 2 * i),
+                "--out-src",
+                &format!("198.51.100.1:{}", 40020 + 2 * i),
+                "--dst",
+                &format!("198.51.100.10:{}", 5020 + 2 * i),
+            ],
+        );
     }
     let c = counters(&t);
     let user = c.userspace.as_ref().unwrap();
@@ -361,7 +370,14 @@ fn full_fast_path_falls_back_to_userspace() {
     for i in 0..3u16 {
         let tx = Topology::socket(&t.caller, &format!("192.0.2.10:{}", 4020 + 2 * i)).unwrap();
         let rx = Topology::socket(&t.callee, &format!("198.51.100.10:{}", 5020 + 2 * i)).unwrap();
-        stream(&t, &tx, &format!("192.0.2.1:{}", 30020 + 2 * i), &rx, &format!("198.51.100.1:{}", 40020 + 2 * i), 0x100 + i as u32);
+        stream(
+            &t,
+            &tx,
+            &format!("192.0.2.1:{}", 30020 + 2 * i),
+            &rx,
+            &format!("198.51.100.1:{}", 40020 + 2 * i),
+            0x100 + i as u32,
+        );
     }
     let fallback = rule_on(&t, "192.0.2.1:30024");
     assert_eq!(fallback.userspace.as_ref().unwrap().packets, PACKETS as u64);

@@ -133,7 +133,12 @@ impl Call {
         let mut rules = vec![rule(src.relay_port, peer_rtp, dst.relay_port, dst_rtp)];
         let mux = src.rtcp_mux && dst.rtcp_mux;
         if !mux && let (Some(peer_rtcp), Some(dst_rtcp)) = (src.peer_rtcp, dst.peer_rtcp) {
-            rules.push(rule(src.relay_port + 1, peer_rtcp, dst.relay_port + 1, dst_rtcp));
+            rules.push(rule(
+                src.relay_port + 1,
+                peer_rtcp,
+                dst.relay_port + 1,
+                dst_rtcp,
+            ));
         }
         Some(rules)
     }

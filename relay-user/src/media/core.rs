@@ -40,7 +40,11 @@ pub enum MediaError {
     #[error("call {0:?}: answer without an offer")]
     NoPendingOffer(String),
     #[error("call {call:?}: the answer has {got} m-lines, the offer had {want}")]
-    StreamCount { call: String, got: usize, want: usize },
+    StreamCount {
+        call: String,
+        got: usize,
+        want: usize,
+    },
     #[error("load limit: {0}")]
     LimitReached(String),
     #[error("media ports: {0}")]
@@ -171,7 +175,10 @@ impl MediaCore {
         parsed: &sdp::Sdp,
         media: &[sdp::Media],
     ) -> Result<Outcome, MediaError> {
-        let call = self.calls.get(o.call_id).ok_or_else(|| MediaError::UnknownCall(o.call_id.into()))?;
+        let call = self
+            .calls
+            .get(o.call_id)
+            .ok_or_else(|| MediaError::UnknownCall(o.call_id.into()))?;
         let from = leg_of(call, o.from_tag).ok_or_else(|| MediaError::UnknownTag {
             call: o.call_id.into(),
             tag: o.from_tag.into(),
@@ -300,7 +307,11 @@ impl MediaCore {
     }
 
     /// Blocks or unblocks every rule of a call (NG `block media`).
-    pub fn set_blocked(&mut self, call_id: &str, blocked: bool) -> Result<Vec<RuleChange>, MediaError> {
+    pub fn set_blocked(
+        &mut self,
+        call_id: &str,
+        blocked: bool,
+    ) -> Result<Vec<RuleChange>, MediaError> {
         let call = self
             .calls
             .get_mut(call_id)
@@ -346,7 +357,11 @@ impl MediaCore {
 
     /// Calls whose media has been silent for the media timeout: `last_seen`
     /// gives the latest packet time (ns) of a relay endpoint, if any.
-    pub fn expired(&self, now_ns: u64, last_seen: impl Fn(SocketAddr) -> Option<u64>) -> Vec<String> {
+    pub fn expired(
+        &self,
+        now_ns: u64,
+        last_seen: impl Fn(SocketAddr) -> Option<u64>,
+    ) -> Vec<String> {
         let timeout = self.limits.media_timeout_s.saturating_mul(1_000_000_000);
         let mut out: Vec<String> = self
             .calls
@@ -369,7 +384,11 @@ impl MediaCore {
 
     /// Reserves a statically configured rule's port pair so calls never get it.
     pub fn reserve_static(&mut self, local: SocketAddr) -> Result<(), MediaError> {
-        if let Some(i) = self.ifaces.iter_mut().find(|i| i.iface.address == local.ip()) {
+        if let Some(i) = self
+            .ifaces
+            .iter_mut()
+            .find(|i| i.iface.address == local.ip())
+        {
             i.ports.reserve(local.port() & !1)?;
         }
         Ok(())
@@ -377,7 +396,11 @@ impl MediaCore {
 
     /// Releases a static rule's reservation.
     pub fn release_static(&mut self, local: SocketAddr) {
-        if let Some(i) = self.ifaces.iter_mut().find(|i| i.iface.address == local.ip()) {
+        if let Some(i) = self
+            .ifaces
+            .iter_mut()
+            .find(|i| i.iface.address == local.ip())
+        {
             let _ = i.ports.release(local.port() & !1);
         }
     }
@@ -416,9 +439,7 @@ impl MediaCore {
 }
 
 fn leg_of(call: &Call, tag: &str) -> Option<usize> {
-    call.legs
-        .iter()
-        .position(|l| l.tag.as_deref() == Some(tag))
+    call.legs.iter().position(|l| l.tag.as_deref() == Some(tag))
 }
 
 /// Records what a leg's SDP says about one stream.

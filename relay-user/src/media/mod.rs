@@ -8,3 +8,6 @@ pub mod ports;
 
 pub use call::CallView;
 pub use core::{Answer, MediaCore, MediaError, Offer, Outcome, RuleChange};
+
+#[cfg(test)]
+mod tests;
