@@ -15,7 +15,10 @@ pub fn is_root() -> bool {
 }
 
 /// Debian tools the tests run, as (command, probe argument, package).
-const TOOLS: &[(&str, &str, &str)] = &[("ip", "-V", "iproute2"), ("ethtool", "--version", "ethtool")];
+const TOOLS: &[(&str, &str, &str)] = &[
+    ("ip", "-V", "iproute2"),
+    ("ethtool", "--version", "ethtool"),
+];
 
 /// Checks each tool runs; as root, installs the missing ones with apt-get.
 pub fn ensure_tools() -> Result<()> {
