@@ -182,6 +182,12 @@ fn offer_answer_reoffer_hold_delete() {
 
     exchange(&caller, relay_in, &callee, relay_out, 100);
     exchange(&callee, relay_out, &caller, relay_in, 100);
+    let out = t.relayctl(&["calls"]).unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("call-1") && table.contains(" up ") && table.contains(&relay_in.to_string()),
+        "{table}"
+    );
     let xdp = counters(&t).xdp.unwrap();
     assert!(
         xdp["xdp_redirect"] >= 190,

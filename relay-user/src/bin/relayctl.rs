@@ -10,6 +10,7 @@ use relay_user::{
     config::DEFAULT_CONTROL_SOCKET,
     control::{Client, ClientError, Request},
     dataplane::{CountersView, RuleView, maps::FlowMaps, views_from_maps},
+    media::CallView,
     rule::{Path, Policy, Rule},
 };
 
@@ -39,6 +40,10 @@ enum Command {
     Rule(RuleCommand),
     /// Global counters: drops by reason, forwarding paths.
     Counters,
+    /// Calls of the media core, one row each.
+    Calls,
+    /// One call: legs, streams, relay and peer endpoints.
+    Call { call_id: String },
     /// relayd's version, uptime and data-plane mode.
     Version,
 }
@@ -128,6 +133,30 @@ fn run(args: &Args) -> Result<()> {
             }
         }
         Command::Version => print_value(args, call(args, &Request::Version)?)?,
+        Command::Calls => {
+            let ids: Vec<String> = serde_json::from_value(call(args, &Request::Calls)?)?;
+            let mut views = Vec::new();
+            for id in ids {
+                // A call may end between the two requests.
+                if let Ok(v) = call(args, &Request::Query { call_id: id }) {
+                    views.push(serde_json::from_value::<CallView>(v)?);
+                }
+            }
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&views)?);
+            } else {
+                print_calls(&views);
+            }
+        }
+        Command::Call { call_id } => print_value(
+            args,
+            call(
+                args,
+                &Request::Query {
+                    call_id: call_id.clone(),
+                },
+            )?,
+        )?,
         Command::Rule(RuleCommand::Show { local }) => {
             print_value(args, call(args, &Request::Rule { local: *local })?)?
         }
@@ -247,6 +276,51 @@ fn print_rules(views: &[RuleView]) {
     }
     if views.is_empty() {
         println!("(no rules)");
+    }
+}
+
+fn print_calls(calls: &[CallView]) {
+    println!(
+        "{:<36} {:<8} {:>7}  {:<22} {:<22} {:<10}",
+        "CALL", "STATE", "STREAMS", "LEG A (RELAY)", "LEG B (RELAY)", "DIRECTION"
+    );
+    for c in calls {
+        let relay = |leg: usize| {
+            c.legs
+                .get(leg)
+                .and_then(|l| l.streams.first())
+                .map_or("-".to_string(), |s| s.relay_rtp.to_string())
+        };
+        let direction = c
+            .legs
+            .iter()
+            .filter_map(|l| l.streams.first())
+            .map(|s| {
+                if s.hold {
+                    "hold".to_string()
+                } else {
+                    s.direction.clone()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("/");
+        let state = match (c.blocked, c.answered) {
+            (true, _) => "blocked",
+            (false, true) => "up",
+            (false, false) => "offered",
+        };
+        println!(
+            "{:<36} {:<8} {:>7}  {:<22} {:<22} {:<10}",
+            c.call_id,
+            state,
+            c.legs.first().map_or(0, |l| l.streams.len()),
+            relay(0),
+            relay(1),
+            direction
+        );
+    }
+    if calls.is_empty() {
+        println!("(no calls)");
     }
 }
 
