@@ -3,7 +3,8 @@
 
 use std::{
     collections::HashSet,
-    net::IpAddr,
+    fmt,
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
 };
 
@@ -18,9 +19,18 @@ pub struct Config {
     pub control: ControlConfig,
     #[serde(default)]
     pub media: MediaConfig,
+    /// The rtpengine-compatible NG control protocol (off unless `listen` is set).
+    #[serde(default)]
+    pub ng: NgConfig,
     /// Interfaces the relay anchors media on.
     #[serde(rename = "interface")]
     pub interfaces: Vec<InterfaceConfig>,
+    /// `[sip]`: SIP listeners, limits, our TLS certificate.
+    #[serde(default)]
+    pub sip: crate::sip::trunk::SipConfig,
+    /// `[[trunk]]`: the SIP peers (checked into [`Config::trunks`]).
+    #[serde(default, rename = "trunk")]
+    pub trunks: Vec<crate::sip::trunk::TrunkConfig>,
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
@@ -105,6 +115,46 @@ impl Default for ControlConfig {
 }
 
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/relay/relayd.sock";
+
+/// The NG control protocol server (docs/ng-protocol.md).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NgConfig {
+    /// UDP addresses to serve NG on: one `"IP:port"` or a list. Empty (the
+    /// default): no NG server. NG has no authentication: listen on loopback
+    /// or a management network only.
+    #[serde(deserialize_with = "one_or_many_addrs")]
+    pub listen: Vec<SocketAddr>,
+}
+
+/// `"127.0.0.1:2223"` or `["127.0.0.1:2223", "[::1]:2223"]`.
+fn one_or_many_addrs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Error> {
+    struct Visitor;
+    fn parse<E: serde::de::Error>(s: &str) -> Result<SocketAddr, E> {
+        s.parse()
+            .map_err(|_| E::custom(format!("ng.listen: {s:?} is not an IP:port address")))
+    }
+    impl<'de> serde::de::Visitor<'de> for Visitor {
+        type Value = Vec<SocketAddr>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("an \"IP:port\" string or a list of them")
+        }
+        fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Self::Value, E> {
+            Ok(vec![parse(s)?])
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(s) = seq.next_element::<String>()? {
+                out.push(parse(&s)?);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_any(Visitor)
+}
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -202,6 +252,16 @@ impl Config {
                 format!("{} is outside 1..=16000000", self.dataplane.max_flows),
             ));
         }
+        let mut listen = HashSet::new();
+        for (i, addr) in self.ng.listen.iter().enumerate() {
+            let field = format!("ng.listen[{i}]");
+            if addr.port() == 0 {
+                return Err((field, format!("{addr}: the NG port must not be 0")));
+            }
+            if !listen.insert(addr) {
+                return Err((field, format!("{addr} is listed twice")));
+            }
+        }
         let mut names = HashSet::new();
         let mut addresses = HashSet::new();
         let mut out = Vec::new();
@@ -238,7 +298,17 @@ impl Config {
                 source_policy: iface.source_policy,
             });
         }
+        self.trunks().map_err(|e| (e.field, e.message))?;
         Ok(out)
+    }
+
+    /// The checked `[sip]` and `[[trunk]]` sections as a trunk table.
+    /// [`Config::parse`] has already run this, so it fails only on a
+    /// `Config` built or changed in code.
+    pub fn trunks(&self) -> Result<crate::sip::trunk::Trunks, crate::sip::trunk::FieldError> {
+        self.sip.validate()?;
+        let names: Vec<&str> = self.interfaces.iter().map(|i| i.name.as_str()).collect();
+        crate::sip::trunk::Trunks::new(&self.sip, &self.trunks, &names)
     }
 }
 
@@ -327,6 +397,73 @@ ports = "40000-40999"
         assert_eq!(ifs.len(), 2);
     }
 
+    const SIP: &str = r#"
+[sip]
+listen_udp = ["192.0.2.1:5060"]
+listen_tls = ["2001:db8::1:5061"]
+[sip.tls]
+cert = "/etc/relay/relay.pem"
+key = "/etc/relay/relay.key"
+
+[[trunk]]
+name = "pbx"
+transport = "udp"
+peer = "192.0.2.10:5060"
+interface = "inside"
+route_to = "voicemail"
+pass_headers = ["Diversion"]
+
+[[trunk]]
+name = "voicemail"
+transport = "tls"
+peer = "voicemail.example.net:5061"
+interface = "outside"
+[trunk.tls]
+ca = "/etc/relay/service-ca.pem"
+"#;
+
+    #[test]
+    fn sip_and_trunks() {
+        let text = format!(
+            "{GOOD}{}",
+            SIP.replace("2001:db8::1:5061", "[2001:db8::1]:5061")
+        );
+        let (c, _) = Config::parse(&text, Path::new("relay.toml")).unwrap();
+        let trunks = c.trunks().unwrap();
+        assert_eq!(trunks.len(), 2);
+        let pbx = trunks
+            .trunk_for_source("192.0.2.10".parse().unwrap())
+            .unwrap();
+        assert_eq!(&*pbx.name, "pbx");
+        assert_eq!(&*trunks.route_of(pbx).unwrap().name, "voicemail");
+        assert_eq!(c.sip.listen_udp.len(), 1);
+
+        let e = err(&format!("{GOOD}{SIP}"));
+        assert!(e.contains("listen_tls"), "{e}");
+        let e = err(&text.replace("ca = \"/etc/relay/service-ca.pem\"", "ca = \"\""));
+        assert!(e.contains("trunk[1].tls.ca"), "{e}");
+        let e = err(&text.replace(
+            "interface = \"outside\"\n[trunk.tls]",
+            "interface = \"dmz\"\n[trunk.tls]",
+        ));
+        assert!(e.contains("trunk[1].interface") && e.contains("dmz"), "{e}");
+        let e = err(&text.replace("route_to = \"voicemail\"", "route_to = \"vm\""));
+        assert!(e.starts_with("relay.toml: trunk[0].route_to: "), "{e}");
+        let e = err(&text.replace(
+            "[sip.tls]\ncert = \"/etc/relay/relay.pem\"\nkey = \"/etc/relay/relay.key\"\n",
+            "",
+        ));
+        assert!(e.contains("sip.tls"), "{e}");
+        let e = err(&text.replace("listen_udp", "listen_sctp"));
+        assert!(e.contains("listen_sctp"), "{e}");
+        let e = err(&text.replace("transport = \"udp\"", "transport = \"ws\""));
+        assert!(e.contains("ws"), "{e}");
+        // No [sip] and no [[trunk]]: defaults, no trunks.
+        let (c, _) = Config::parse(GOOD, Path::new("relay.toml")).unwrap();
+        assert_eq!(c.sip, crate::sip::trunk::SipConfig::default());
+        assert!(c.trunks().unwrap().is_empty());
+    }
+
     #[test]
     fn defaults() {
         let (c, _) = Config::parse(
@@ -336,5 +473,26 @@ ports = "40000-40999"
         .unwrap();
         assert_eq!(c.dataplane, DataplaneConfig::default());
         assert_eq!(c.control.socket, PathBuf::from(DEFAULT_CONTROL_SOCKET));
+        assert!(c.ng.listen.is_empty(), "NG is off by default");
+    }
+
+    #[test]
+    fn ng_listen() {
+        let one = format!("{GOOD}\n[ng]\nlisten = \"127.0.0.1:2223\"\n");
+        let (c, _) = Config::parse(&one, Path::new("x")).unwrap();
+        assert_eq!(c.ng.listen, vec!["127.0.0.1:2223".parse().unwrap()]);
+        let many = format!("{GOOD}\n[ng]\nlisten = [\"127.0.0.1:2223\", \"[::1]:2223\"]\n");
+        let (c, _) = Config::parse(&many, Path::new("x")).unwrap();
+        assert_eq!(c.ng.listen.len(), 2);
+        let e = err(&format!("{GOOD}\n[ng]\nlisten = \"localhost:2223\"\n"));
+        assert!(e.contains("ng.listen") && e.contains("localhost"), "{e}");
+        let e = err(&format!(
+            "{GOOD}\n[ng]\nlisten = [\"127.0.0.1:2223\", \"127.0.0.1:2223\"]\n"
+        ));
+        assert!(e.contains("ng.listen[1]"), "{e}");
+        let e = err(&format!("{GOOD}\n[ng]\nlisten = \"127.0.0.1:0\"\n"));
+        assert!(e.contains("ng.listen[0]"), "{e}");
+        let e = err(&format!("{GOOD}\n[ng]\nlisen = \"127.0.0.1:2223\"\n"));
+        assert!(e.contains("lisen"), "{e}");
     }
 }

@@ -6,6 +6,8 @@ pub mod control;
 pub mod dataplane;
 pub mod ebpf;
 pub mod media;
+pub mod ng;
 pub mod relay;
 pub mod rule;
 pub mod sdp;
+pub mod sip;

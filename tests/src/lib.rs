@@ -9,13 +9,17 @@
 //! - [`frames`]: Ethernet frames built and checked with `etherparse`, an
 //!   implementation independent of the code under test.
 //! - [`clock`]: CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns`.
+//! - [`ng_peers`]: Kamailio, sipp, a second relayd and an NG client for the
+//!   NG protocol tests.
 
 pub mod bpffs;
 pub mod clock;
 pub mod frames;
 pub mod netns;
+pub mod ng_peers;
 pub mod privilege;
 pub mod relay_xdp;
+pub mod sip_peers;
 pub mod topology;
 
 pub use privilege::require_root;

@@ -37,6 +37,30 @@ pub const CALLEE: &str = "198.51.100.10";
 pub const RELAY_EDGE: &str = "203.0.113.1";
 pub const ATTACKER: &str = "203.0.113.66";
 
+/// How [`Topology::start_relayd_opts`] configures relayd.
+#[derive(Clone, Debug)]
+pub struct RelaydOpts {
+    /// "xdp" or "userspace".
+    pub mode: String,
+    /// Capacity of the flow maps.
+    pub max_flows: u32,
+    /// Serve the NG protocol on this UDP address (in the relay namespace).
+    pub ng_listen: Option<SocketAddr>,
+    /// Raw TOML appended to the configuration (e.g. `[sip]` and trunks).
+    pub extra: String,
+}
+
+impl Default for RelaydOpts {
+    fn default() -> Self {
+        Self {
+            mode: "xdp".into(),
+            max_flows: 16384,
+            ng_listen: None,
+            extra: String::new(),
+        }
+    }
+}
+
 pub struct Topology {
     pub caller: NetNs,
     pub relay: NetNs,
@@ -98,6 +122,11 @@ impl Topology {
         })
     }
 
+    /// A private directory for this topology's files, removed on drop.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     pub fn control_socket(&self) -> PathBuf {
         self.dir.join("relayd.sock")
     }
@@ -114,6 +143,24 @@ impl Topology {
 
     /// As [`Self::start_relayd`], with the flow maps sized to `max_flows`.
     pub fn start_relayd_with(&mut self, mode: &str, max_flows: u32) -> Result<()> {
+        self.start_relayd_opts(&RelaydOpts {
+            mode: mode.into(),
+            max_flows,
+            ..RelaydOpts::default()
+        })
+    }
+
+    /// As [`Self::start_relayd`], with every option.
+    pub fn start_relayd_opts(&mut self, opts: &RelaydOpts) -> Result<()> {
+        let RelaydOpts {
+            mode,
+            max_flows,
+            ng_listen,
+            extra,
+        } = opts;
+        let ng = ng_listen
+            .map(|a| format!("\n[ng]\nlisten = \"{a}\"\n"))
+            .unwrap_or_default();
         let config = self.dir.join("relay.toml");
         std::fs::write(
             &config,
@@ -144,7 +191,8 @@ name = "edge"
 device = "edge0"
 address = "{RELAY_EDGE}"
 ports = "50000-50999"
-"#,
+{ng}
+{extra}"#,
                 pin = self.pin_path.display(),
                 sock = self.control_socket().display(),
             ),

@@ -18,6 +18,13 @@ pub fn is_root() -> bool {
 const TOOLS: &[(&str, &str, &str)] = &[
     ("ip", "-V", "iproute2"),
     ("ethtool", "--version", "ethtool"),
+    ("kamailio", "-v", "kamailio"),
+    // Kamailio's TLS module: the mutual-TLS service in the SIP tests.
+    ("ls", "/usr/lib/x86_64-linux-gnu/kamailio/modules/tls.so", "kamailio-tls-modules"),
+    ("openssl", "version", "openssl"),
+    // sipp exits non-zero even for -v; its G.711 sample (read by the NG
+    // tests) shows the package is there.
+    ("ls", "/usr/share/sip-tester/g711a.pcap", "sip-tester"),
 ];
 
 /// Checks each tool runs; as root, installs the missing ones with apt-get.

@@ -58,6 +58,9 @@ enum Task {
 enum Benchmark {
     /// XDP forwarding rate and latency through the relay.
     Dataplane,
+    /// NG control protocol: offer+answer+delete per second, relayd against
+    /// rtpengine (the relay-bench-ng binary).
+    Ng,
 }
 
 fn main() -> ExitCode {
@@ -143,6 +146,11 @@ fn bench(what: Benchmark, json: bool) -> Result<()> {
         .get_name()
         .to_string();
     cmd::header(&format!("benchmark: {what}"));
+    let bin = if what == "ng" {
+        "relay-bench-ng"
+    } else {
+        "relay-bench"
+    };
     let mut run = cargo();
     run.args([
         "run",
@@ -150,7 +158,7 @@ fn bench(what: Benchmark, json: bool) -> Result<()> {
         "-p",
         "relay-tests",
         "--bin",
-        "relay-bench",
+        bin,
         "--",
         &what,
     ]);

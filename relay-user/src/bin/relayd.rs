@@ -16,7 +16,9 @@ use relay_user::{
     config::{Config, DataplaneMode},
     control,
     dataplane::{Dataplane, LatchNotice},
+    ng::NgServer,
     relay::Relay,
+    sip::{self, server::SipStatus},
 };
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind, sync::mpsc};
 use tracing::{error, info, warn};
@@ -107,18 +109,38 @@ async fn run(config: Config, interfaces: Vec<relay_user::config::Interface>) -> 
 
     let relay = Arc::new(Mutex::new(Relay::new(dp, config.media.clone())?));
     let dp = relay.clone();
-    // Media timeouts: silent calls are ended (the SIP front door will send BYE).
+    // Media timeouts: silent calls are ended; the SIP side sends BYE.
+    let (ended_tx, ended_rx) = mpsc::unbounded_channel();
     let expiry = relay.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
         loop {
             tick.tick().await;
-            expiry.lock().unwrap_or_else(|p| p.into_inner()).expire();
+            let ended = expiry.lock().unwrap_or_else(|p| p.into_inner()).expire();
+            for id in ended {
+                let _ = ended_tx.send(id);
+            }
         }
+    });
+    // The SIP B2BUA, when it listens anywhere.
+    let sip_status = Arc::new(Mutex::new(SipStatus::default()));
+    let sip = config.sip.listens().then(|| {
+        let (config, relay, status) = (config.clone(), relay.clone(), sip_status.clone());
+        tokio::spawn(async move {
+            if let Err(e) = sip::server::run(config, relay, ended_rx, status).await {
+                error!("SIP: {e:#}");
+            }
+        })
     });
     let listener = control::bind(&config.control.socket)?;
     info!(socket = %config.control.socket.display(), "control socket ready");
     let server = tokio::spawn(control::serve(listener, dp.clone(), started));
+    // The NG server (Kamailio/OpenSIPS rtpengine modules), when configured.
+    let ng = if config.ng.listen.is_empty() {
+        None
+    } else {
+        Some(NgServer::start(&config.ng.listen, relay.clone())?)
+    };
 
     let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
     tokio::select! {
@@ -126,6 +148,12 @@ async fn run(config: Config, interfaces: Vec<relay_user::config::Interface>) -> 
         _ = tokio::signal::ctrl_c() => info!("SIGINT: shutting down"),
     }
     server.abort();
+    if let Some(sip) = sip {
+        sip.abort();
+    }
+    if let Some(ng) = ng {
+        ng.stop();
+    }
     let _ = std::fs::remove_file(&config.control.socket);
     let _ = server.await;
     dp.lock().unwrap_or_else(|p| p.into_inner()).dp.shutdown();

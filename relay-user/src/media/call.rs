@@ -75,6 +75,9 @@ pub struct Call {
     pub streams: Vec<Stream>,
     /// The leg whose offer awaits an answer.
     pub pending_offer: Option<usize>,
+    /// The leg that made the last offer: a second answer to it (a 200 after
+    /// a 183 with SDP) updates the answering side again.
+    pub last_offerer: usize,
     /// An answer has been seen (media may flow).
     pub answered: bool,
     /// CLOCK_MONOTONIC ns of creation and of the last offer/answer.

@@ -154,6 +154,7 @@ impl MediaCore {
                 ],
                 streams: Vec::new(),
                 pending_offer: None,
+                last_offerer: 0,
                 answered: false,
                 created_ns: o.now_ns,
                 touched_ns: o.now_ns,
@@ -216,6 +217,7 @@ impl MediaCore {
             update_side(&mut call.streams[m.index].sides[from], m);
         }
         call.pending_offer = Some(from);
+        call.last_offerer = from;
         call.touched_ns = o.now_ns;
         let rewrite = Rewrite {
             addr: call.legs[to].address,
@@ -239,6 +241,7 @@ impl MediaCore {
             .ok_or_else(|| MediaError::UnknownCall(a.call_id.into()))?;
         let offerer = call
             .pending_offer
+            .or(call.answered.then_some(call.last_offerer))
             .ok_or_else(|| MediaError::NoPendingOffer(a.call_id.into()))?;
         let answerer = 1 - offerer;
         if media.len() != call.streams.len() {

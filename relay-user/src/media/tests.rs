@@ -313,10 +313,13 @@ fn protocol_errors() {
         Err(MediaError::UnknownCall("x".into()))
     );
     established(&mut core);
-    assert!(matches!(
-        core.answer(&answer("c", "a", "b", &a)),
-        Err(MediaError::NoPendingOffer(_))
-    ));
+    // A second answer (a 200 after a 183 with SDP) updates the answerer.
+    let moved = sdp("198.51.100.10", 5008, "");
+    let out = core.answer(&answer("c", "a", "b", &moved)).unwrap();
+    assert_eq!(
+        rule_on(&out.changes, "192.0.2.1:30000").dst,
+        "198.51.100.10:5008".parse().unwrap()
+    );
     let o = sdp("192.0.2.10", 4000, "");
     assert!(matches!(
         core.offer(&offer("c", "stranger", &o)),

@@ -1,0 +1,133 @@
+//! The SIP server: transports in, the B2BUA's sends out, timers in between.
+//! All SIP state lives in [`B2bua`]; this loop only does the I/O.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use super::{
+    b2bua::{B2bua, B2buaConfig, Send, SipStats},
+    message::TxKey,
+    tls::TlsSetup,
+    transaction::{self, TransactionLayer, TransportKind},
+    transport::Transports,
+};
+use crate::{config::Config, relay::Relay};
+
+/// What relayd shows of the SIP side (control socket, metrics).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct SipStatus {
+    pub calls: usize,
+    pub trunks: Vec<TrunkStatus>,
+    pub stats: SipStats,
+}
+
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct TrunkStatus {
+    pub name: String,
+    pub up: bool,
+    pub calls: u32,
+}
+
+/// Runs the SIP side until the task is dropped. `ended` carries media-core
+/// call ids ended by a media timeout (both legs get BYE).
+pub async fn run(
+    config: Config,
+    relay: Arc<Mutex<Relay>>,
+    mut ended: mpsc::UnboundedReceiver<String>,
+    status: Arc<Mutex<SipStatus>>,
+) -> Result<()> {
+    let mut trunks = config.trunks().context("SIP trunks")?;
+    for (name, e) in trunks.resolve().await {
+        warn!(trunk = %name, error = %e, "cannot resolve the trunk's host name");
+    }
+    let tls = TlsSetup::load(&config.sip, &trunks).context("SIP TLS")?;
+    let (transports, mut inbound) = Transports::start(&config.sip, tls).await?;
+    let transports = Arc::new(transports);
+    let sources: Vec<ipnet::IpNet> = trunks.iter().flat_map(|t| t.effective_sources()).collect();
+    transports.set_source_filter(Some(Arc::new(move |ip| {
+        sources.iter().any(|n| n.contains(&ip))
+    })));
+    info!(listening = ?transports.local_addrs(), trunks = trunks.len(), "SIP up");
+    let mut b2bua = B2bua::new(
+        TransactionLayer::new(transaction::Config::default()),
+        trunks,
+        transports.local_addrs(),
+        B2buaConfig {
+            ring_timeout: Duration::from_secs(config.sip.ring_timeout_s),
+            invite_rate: config.sip.invite_rate_per_source,
+            max_message_size: config.sip.max_message_size,
+        },
+        Instant::now(),
+    );
+    // Failed sends come back here so their transactions learn of it.
+    let (failed_tx, mut failed) = mpsc::unbounded_channel::<TxKey>();
+    loop {
+        let deadline = b2bua
+            .next_deadline()
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+        let sends = tokio::select! {
+            msg = inbound.recv() => {
+                let Some(msg) = msg else { return Ok(()) };
+                let mut relay = relay.lock().unwrap_or_else(|p| p.into_inner());
+                b2bua.receive(&msg.bytes, msg.from, &mut relay, Instant::now())
+            }
+            _ = tokio::time::sleep_until(deadline.into()) => {
+                let mut relay = relay.lock().unwrap_or_else(|p| p.into_inner());
+                b2bua.poll(&mut relay, Instant::now())
+            }
+            Some(media_id) = ended.recv() => {
+                let mut relay = relay.lock().unwrap_or_else(|p| p.into_inner());
+                b2bua.media_ended(&media_id, &mut relay, Instant::now())
+            }
+            Some(key) = failed.recv() => {
+                let mut relay = relay.lock().unwrap_or_else(|p| p.into_inner());
+                b2bua.transport_error(&key, &mut relay, Instant::now())
+            }
+        };
+        if !sends.is_empty() {
+            // One task per batch keeps a batch in order without letting a slow
+            // TLS connect hold up everything else.
+            tokio::spawn(deliver(
+                transports.clone(),
+                b2bua.trunks.clone(),
+                sends,
+                failed_tx.clone(),
+            ));
+        }
+        *status.lock().unwrap_or_else(|p| p.into_inner()) = SipStatus {
+            calls: b2bua.calls(),
+            trunks: b2bua
+                .trunk_status()
+                .into_iter()
+                .map(|(name, up, calls)| TrunkStatus { name, up, calls })
+                .collect(),
+            stats: b2bua.stats.clone(),
+        };
+    }
+}
+
+async fn deliver(
+    transports: Arc<Transports>,
+    trunks: super::trunk::Trunks,
+    sends: Vec<Send>,
+    failed: mpsc::UnboundedSender<TxKey>,
+) {
+    for s in sends {
+        let target = (s.dest.transport == TransportKind::Tls)
+            .then(|| trunks.trunk_for(s.dest.addr.ip(), TransportKind::Tls))
+            .flatten()
+            .and_then(|t| transports.tls().and_then(|tls| tls.target(&t.name)));
+        if let Err(e) = transports.send(&s.dest, &s.bytes, target).await {
+            warn!(to = %s.dest.addr, transport = ?s.dest.transport, error = %e, "SIP send failed");
+            if let Some(key) = s.key {
+                let _ = failed.send(key);
+            }
+        }
+    }
+}
