@@ -495,7 +495,31 @@ pub fn uas_scenario(plan: Uas) -> String {
     let mut s = String::from(
         "<?xml version=\"1.0\" encoding=\"ISO-8859-1\" ?>\n<scenario name=\"service\">\n",
     );
-    s += "<recv request=\"INVITE\" crlf=\"true\" rrs=\"true\"/>\n";
+    // Variables taken from the INVITE, only where used: sipp aborts a
+    // scenario that assigns a variable it never uses.
+    let mut actions = String::new();
+    if plan == Uas::Ring {
+        // The 487 after a CANCEL must carry the INVITE's CSeq, not the
+        // CANCEL's ([last_CSeq:] is the last message's).
+        actions += "<ereg regexp=\"[0-9]+\" search_in=\"hdr\" header=\"CSeq:\" check_it=\"true\" assign_to=\"invseq\"/>";
+    }
+    if matches!(
+        plan,
+        Uas::Accept {
+            hangup: Hangup::Sends,
+            ..
+        }
+    ) {
+        // Our BYE's To carries the caller's From tag.
+        actions += "<ereg regexp=\"tag=[^;> ]+\" search_in=\"hdr\" header=\"From:\" check_it=\"true\" assign_to=\"ftag\"/>";
+    }
+    if actions.is_empty() {
+        s += "<recv request=\"INVITE\" crlf=\"true\" rrs=\"true\"/>\n";
+    } else {
+        s += &format!(
+            "<recv request=\"INVITE\" crlf=\"true\" rrs=\"true\"><action>{actions}</action></recv>\n"
+        );
+    }
     match plan {
         Uas::Busy => {
             s += &reply("486 Busy Here", false);
@@ -505,7 +529,8 @@ pub fn uas_scenario(plan: Uas) -> String {
             s += &reply("180 Ringing", false);
             s += "<recv request=\"CANCEL\"/>\n";
             s += ok;
-            s += &reply("487 Request Terminated", false);
+            s += &reply("487 Request Terminated", false)
+                .replace("[last_CSeq:]", "CSeq: [$invseq] INVITE");
             s += "<recv request=\"ACK\"/>\n";
         }
         Uas::Accept {
@@ -534,7 +559,7 @@ pub fn uas_scenario(plan: Uas) -> String {
                     s += "<send retrans=\"500\"><![CDATA[\nBYE [next_url] SIP/2.0\n\
                           Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]\n\
                           From: <sip:voicemail@[local_ip]>;tag=[pid]SIPpTag01[call_number]\n\
-                          To: <sip:1000@[remote_ip]>[peer_tag_param]\n[last_Call-ID:]\nCSeq: 1 BYE\n[routes]\n\
+                          To: <sip:1000@[remote_ip]>;[$ftag]\n[last_Call-ID:]\nCSeq: 1 BYE\n[routes]\n\
                           Max-Forwards: 70\nContent-Length: 0\n\n]]></send>\n\
                           <recv response=\"200\"/>\n";
                 }

@@ -290,13 +290,11 @@ fn udp_call_caller_hangs_up() {
 }
 
 #[test]
-#[ignore = "being fixed: see the commit after this one"]
 fn tcp_call_callee_hangs_up() {
     call_with_audio("t1", false);
 }
 
 #[test]
-#[ignore = "being fixed: see the commit after this one"]
 fn cancel_before_answer() {
     if !require() {
         return;
@@ -323,7 +321,6 @@ fn busy_is_relayed() {
 }
 
 #[test]
-#[ignore = "being fixed: see the commit after this one"]
 fn unanswered_invite_times_out() {
     if !require() {
         return;
