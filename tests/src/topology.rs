@@ -360,20 +360,21 @@ fn attach_pass(dev: &str) -> Result<Ebpf> {
     Ok(ebpf)
 }
 
-/// A binary of this workspace built next to the test executable
-/// (`cargo xtask test` builds them first).
+/// A binary of this workspace built next to the running executable: test
+/// executables live in `target/PROFILE/deps`, the demo and benchmarks in
+/// `target/PROFILE` (`cargo xtask test` and `cargo xtask demo` build them first).
 pub fn binary(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("test executable has no target dir")?;
-    let path = dir.join(name);
-    if !path.exists() {
-        bail!(
-            "{} is missing: build the workspace first (`cargo build --workspace`, which `cargo xtask test` does)",
-            path.display()
-        );
+    let dir = exe.parent().context("executable has no directory")?;
+    let candidates = [Some(dir), dir.parent()];
+    for d in candidates.into_iter().flatten() {
+        let path = d.join(name);
+        if path.exists() {
+            return Ok(path);
+        }
     }
-    Ok(path)
+    bail!(
+        "{name} is missing next to {}: build the workspace first (`cargo build --workspace`, which `cargo xtask test` does)",
+        exe.display()
+    )
 }

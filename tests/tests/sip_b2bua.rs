@@ -12,7 +12,8 @@ use std::{
 use relay_tests::{
     netns::NetNs,
     sip_peers::{
-        Hangup, Peer, Pki, Uac, Uas, sipp, start_kamailio_tls, uac_scenario, uas_scenario,
+        Hangup, Peer, Pki, Uac, Uas, relay_sip_config, sipp, start_kamailio_tls, uac_scenario,
+        uas_scenario,
     },
     topology::{RelaydOpts, Topology},
 };
@@ -22,58 +23,6 @@ struct Setup {
     t: Topology,
     kamailio: Peer,
     dir: PathBuf,
-}
-
-fn relay_sip_config(pki: &Pki, ring_timeout_s: u32) -> String {
-    format!(
-        r#"
-[sip]
-listen_udp = ["192.0.2.1:5060"]
-listen_tcp = ["192.0.2.1:5060"]
-listen_tls = ["198.51.100.1:5061"]
-ring_timeout_s = {ring_timeout_s}
-invite_rate_per_source = 100
-
-[sip.tls]
-cert = "{cert}"
-key = "{key}"
-
-[[trunk]]
-name = "pbx"
-transport = "udp"
-peer = "192.0.2.10:5060"
-interface = "inside"
-sources = ["192.0.2.0/24"]
-route_to = "voicemail"
-options_interval_s = 0
-pass_headers = ["Diversion"]
-
-[[trunk]]
-name = "pbx-tcp"
-transport = "tcp"
-peer = "192.0.2.10:5060"
-interface = "inside"
-sources = ["192.0.2.0/24"]
-route_to = "voicemail"
-options_interval_s = 0
-
-[[trunk]]
-name = "voicemail"
-transport = "tls"
-peer = "198.51.100.10:5061"
-interface = "outside"
-options_interval_s = 1
-pass_headers = ["Diversion", "History-Info", "P-Asserted-Identity"]
-
-[trunk.tls]
-ca = "{ca}"
-server_name = "voicemail.example.test"
-require_client_cert = true
-"#,
-        cert = pki.cert("relay").display(),
-        key = pki.key("relay").display(),
-        ca = pki.cert("ca").display(),
-    )
 }
 
 fn setup(service_identity: &str, ring_timeout_s: u32) -> Setup {

@@ -170,6 +170,20 @@ fn bench(what: Benchmark, json: bool) -> Result<()> {
 
 fn demo() -> Result<()> {
     build_ebpf()?;
+    cmd::header("host: sipp, Kamailio with TLS, iproute2, ethtool, openssl; bpffs");
+    host::ensure_tools()?;
+    host::ensure_bpffs()?;
+    // The demo starts relayd and relayctl from its own target directory.
+    cmd::header("cargo build --release (relayd, relayctl, the demo)");
+    cmd::run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "relay-user",
+        "-p",
+        "relay-tests",
+        "--bins",
+    ]))?;
     cmd::header("demo");
     cmd::run(cargo().args([
         "run",
