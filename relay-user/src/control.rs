@@ -77,6 +77,8 @@ pub enum Request {
     Calls,
     /// Blocks or unblocks all media of a call.
     Block { call_id: String, blocked: bool },
+    /// SIP trunks (up/down, calls) and SIP counters; null when SIP is off.
+    Sip,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -187,6 +189,7 @@ pub fn handle_line(line: &str, relay: &Mutex<Relay>, started: Instant) -> Respon
             .map(|v| to_json(&v))
             .ok_or_else(|| anyhow!("no call {call_id:?}")),
         Request::Calls => Ok(to_json(&relay.media.list())),
+        Request::Sip => Ok(to_json(&relay.sip)),
         Request::Block { call_id, blocked } => relay
             .block(&call_id, blocked)
             .map(|()| serde_json::json!({ "call_id": call_id, "blocked": blocked }))

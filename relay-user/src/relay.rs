@@ -19,6 +19,8 @@ pub struct Relay {
     pub media: MediaCore,
     /// Rule writes the data plane refused while applying call changes.
     pub rule_errors: u64,
+    /// The SIP side's trunks and counters, when SIP runs.
+    pub sip: Option<crate::sip::server::SipStatus>,
 }
 
 /// A verb's failure: refused by the media core (bad SDP, limits, unknown call)
@@ -50,6 +52,7 @@ impl Relay {
             dp,
             media,
             rule_errors: 0,
+            sip: None,
         })
     }
 

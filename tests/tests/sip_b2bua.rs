@@ -389,6 +389,14 @@ fn untrusted_service_certificate_is_refused() {
     }
     let log = s.t.relayd_log();
     assert!(log.contains("TLS handshake failed"), "{log}");
+    let out = s.t.relayctl(&["trunks"]).unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("voicemail") && l.contains("DOWN")),
+        "{table}"
+    );
     let mut caller = uac(&s, "uac", Uac::Fails(503), "u1", &[]);
     finish(&s, &mut caller, Duration::from_secs(20));
     assert_clean(&s);

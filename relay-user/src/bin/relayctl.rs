@@ -12,6 +12,7 @@ use relay_user::{
     dataplane::{CountersView, RuleView, maps::FlowMaps, views_from_maps},
     media::CallView,
     rule::{Path, Policy, Rule},
+    sip::server::SipStatus,
 };
 
 #[derive(Parser)]
@@ -44,6 +45,8 @@ enum Command {
     Calls,
     /// One call: legs, streams, relay and peer endpoints.
     Call { call_id: String },
+    /// SIP trunks: up or down (OPTIONS keep-alive), active calls; SIP counters.
+    Trunks,
     /// relayd's version, uptime and data-plane mode.
     Version,
 }
@@ -146,6 +149,17 @@ fn run(args: &Args) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&views)?);
             } else {
                 print_calls(&views);
+            }
+        }
+        Command::Trunks => {
+            let v = call(args, &Request::Sip)?;
+            if args.json {
+                print_value(args, v)?;
+            } else {
+                match serde_json::from_value::<Option<SipStatus>>(v)? {
+                    None => println!("SIP is not configured"),
+                    Some(s) => print_trunks(&s),
+                }
             }
         }
         Command::Call { call_id } => print_value(
@@ -322,6 +336,28 @@ fn print_calls(calls: &[CallView]) {
     if calls.is_empty() {
         println!("(no calls)");
     }
+}
+
+fn print_trunks(s: &SipStatus) {
+    println!("{:<20} {:<6} {:>6}", "TRUNK", "STATE", "CALLS");
+    for t in &s.trunks {
+        println!(
+            "{:<20} {:<6} {:>6}",
+            t.name,
+            if t.up { "up" } else { "DOWN" },
+            t.calls
+        );
+    }
+    let st = &s.stats;
+    println!(
+        "\ncalls: {} started, {} answered, {} failed; dropped: {} from unknown sources, {} rate-limited, {} malformed",
+        st.calls_started,
+        st.calls_answered,
+        st.calls_failed,
+        st.unknown_source,
+        st.rate_limited,
+        st.malformed
+    );
 }
 
 fn print_counters(c: &CountersView) {

@@ -9,7 +9,7 @@ use std::{
     time::Instant,
 };
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Parser;
 use relay_common::LatchEvent;
 use relay_user::{
@@ -18,7 +18,7 @@ use relay_user::{
     dataplane::{Dataplane, LatchNotice},
     ng::NgServer,
     relay::Relay,
-    sip::{self, server::SipStatus},
+    sip,
 };
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind, sync::mpsc};
 use tracing::{error, info, warn};
@@ -123,15 +123,14 @@ async fn run(config: Config, interfaces: Vec<relay_user::config::Interface>) -> 
         }
     });
     // The SIP B2BUA, when it listens anywhere.
-    let sip_status = Arc::new(Mutex::new(SipStatus::default()));
-    let sip = config.sip.listens().then(|| {
-        let (config, relay, status) = (config.clone(), relay.clone(), sip_status.clone());
-        tokio::spawn(async move {
-            if let Err(e) = sip::server::run(config, relay, ended_rx, status).await {
-                error!("SIP: {e:#}");
-            }
-        })
-    });
+    let sip = if config.sip.listens() {
+        let handle = sip::server::start(config.clone(), relay.clone(), ended_rx)
+            .await
+            .context("starting SIP")?;
+        Some(handle)
+    } else {
+        None
+    };
     let listener = control::bind(&config.control.socket)?;
     info!(socket = %config.control.socket.display(), "control socket ready");
     let server = tokio::spawn(control::serve(listener, dp.clone(), started));

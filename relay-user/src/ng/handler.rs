@@ -237,8 +237,10 @@ impl Ng {
             self.delayed.remove(&id);
             if relay.media.call(&id).is_some() {
                 info!(call = %id, "NG delete-delay over: deleting the call");
-                if let Err(e) = relay.delete(&id) {
-                    warn!(call = %id, error = %e, "NG delayed delete");
+                let totals = self.call_stats(relay, &id).map(|(_, t)| t);
+                match relay.delete(&id) {
+                    Ok(()) => self.count_ended(totals.unwrap_or_default()),
+                    Err(e) => warn!(call = %id, error = %e, "NG delayed delete"),
                 }
             }
         }
@@ -308,6 +310,13 @@ impl Ng {
                 error_reply(&reason)
             }
         }
+    }
+
+    /// A call deleted over NG, with its last figures.
+    fn count_ended(&mut self, totals: Totals) {
+        self.counters.deleted_sessions += 1;
+        self.counters.ended.rtp.add(totals.rtp);
+        self.counters.ended.rtcp.add(totals.rtcp);
     }
 
     fn count(&mut self, proxy: IpAddr, what: &'static str) {
@@ -475,9 +484,7 @@ impl Ng {
         relay
             .delete(call_id)
             .map_err(|e| Failure::Error(e.to_string()))?;
-        self.counters.deleted_sessions += 1;
-        self.counters.ended.rtp.add(totals.rtp);
-        self.counters.ended.rtcp.add(totals.rtcp);
+        self.count_ended(totals);
         self.calls.remove(call_id);
         self.delayed.remove(call_id);
         reply.set("deleted", Value::int(1));

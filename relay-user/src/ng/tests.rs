@@ -659,6 +659,14 @@ fn delete_delay_postpones_the_delete() {
     f.ng.tick(&f.relay, t0 + Duration::from_secs(5));
     assert!(f.relay().media.call("dd").is_none(), "gone after 5 s");
     assert_eq!(f.relay().dp.rules().count(), 0);
+    let r = f.send(STATISTICS);
+    assert_eq!(
+        int(
+            r.get("statistics").unwrap(),
+            &["totalstatistics", "regularterminatedsessions"]
+        ),
+        1
+    );
 
     // A new offer for the call cancels a pending delete.
     f.call(&offer("dd2", "192.0.2.10", 6000, &[]));
@@ -838,4 +846,34 @@ fn fuzz_mutated_requests_always_get_a_reply() {
             assert!(relay.dp.view(ep).is_some(), "{id}: rule on {ep}");
         }
     }
+}
+
+#[test]
+fn udp_server_answers_and_stops() {
+    let f = fixture();
+    let Fixture { rt, relay, .. } = f;
+    let relay = std::sync::Arc::new(relay);
+    let server = {
+        let _g = rt.enter();
+        super::NgServer::start(&["127.0.0.1:0".parse().unwrap()], relay.clone()).unwrap()
+    };
+    let addr = server.local_addrs()[0];
+    let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let mut buf = [0u8; 2048];
+    for packet in [PING, PING] {
+        client.send_to(packet.as_bytes(), addr).unwrap();
+        let (n, from) = client.recv_from(&mut buf).unwrap();
+        assert_eq!(from, addr);
+        assert_eq!(&buf[..n], b"0_5998_0 d6:result4:ponge");
+    }
+    // Garbage without a cookie gets nothing; the server keeps serving.
+    client.send_to(b"garbage", addr).unwrap();
+    client.send_to(b"x d7:command4:pinge", addr).unwrap();
+    let (n, _) = client.recv_from(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"x d6:result4:ponge");
+    server.stop();
+    rt.shutdown_timeout(Duration::from_secs(1));
 }

@@ -42,7 +42,7 @@ pub struct B2buaConfig {
 }
 
 /// Counters for operators.
-#[derive(Clone, Debug, Default, serde::Serialize)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct SipStats {
     pub calls_started: u64,
     pub calls_answered: u64,

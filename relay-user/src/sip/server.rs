@@ -20,41 +20,43 @@ use super::{
 use crate::{config::Config, relay::Relay};
 
 /// What relayd shows of the SIP side (control socket, metrics).
-#[derive(Clone, Debug, Default, serde::Serialize)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct SipStatus {
     pub calls: usize,
     pub trunks: Vec<TrunkStatus>,
     pub stats: SipStats,
 }
 
-#[derive(Clone, Debug, Default, serde::Serialize)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct TrunkStatus {
     pub name: String,
     pub up: bool,
     pub calls: u32,
 }
 
-/// Runs the SIP side until the task is dropped. `ended` carries media-core
-/// call ids ended by a media timeout (both legs get BYE).
-pub async fn run(
+/// Starts the SIP side: trunks, TLS and listeners are set up before this
+/// returns (so a bad certificate or a busy port stops relayd with a clear
+/// error), then the loop runs in the returned task until it is aborted.
+/// `ended` carries media-core call ids ended by a media timeout (both legs
+/// get BYE).
+pub async fn start(
     config: Config,
     relay: Arc<Mutex<Relay>>,
-    mut ended: mpsc::UnboundedReceiver<String>,
-    status: Arc<Mutex<SipStatus>>,
-) -> Result<()> {
+    ended: mpsc::UnboundedReceiver<String>,
+) -> Result<tokio::task::JoinHandle<()>> {
     let mut trunks = config.trunks().context("SIP trunks")?;
     for (name, e) in trunks.resolve().await {
         warn!(trunk = %name, error = %e, "cannot resolve the trunk's host name");
     }
     let tls = TlsSetup::load(&config.sip, &trunks).context("SIP TLS")?;
-    let (transports, mut inbound) = Transports::start(&config.sip, tls).await?;
+    let (transports, inbound) = Transports::start(&config.sip, tls).await?;
     let transports = Arc::new(transports);
     let sources: Vec<ipnet::IpNet> = trunks.iter().flat_map(|t| t.effective_sources()).collect();
     transports.set_source_filter(Some(Arc::new(move |ip| {
         sources.iter().any(|n| n.contains(&ip))
     })));
     info!(listening = ?transports.local_addrs(), trunks = trunks.len(), "SIP up");
-    let mut b2bua = B2bua::new(
+    let b2bua = B2bua::new(
         TransactionLayer::new(transaction::Config::default()),
         trunks,
         transports.local_addrs(),
@@ -65,6 +67,18 @@ pub async fn run(
         },
         Instant::now(),
     );
+    Ok(tokio::spawn(serve(
+        b2bua, transports, inbound, relay, ended,
+    )))
+}
+
+async fn serve(
+    mut b2bua: B2bua,
+    transports: Arc<Transports>,
+    mut inbound: mpsc::Receiver<super::transport::Inbound>,
+    relay: Arc<Mutex<Relay>>,
+    mut ended: mpsc::UnboundedReceiver<String>,
+) {
     // Failed sends come back here so their transactions learn of it.
     let (failed_tx, mut failed) = mpsc::unbounded_channel::<TxKey>();
     loop {
@@ -73,7 +87,7 @@ pub async fn run(
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
         let sends = tokio::select! {
             msg = inbound.recv() => {
-                let Some(msg) = msg else { return Ok(()) };
+                let Some(msg) = msg else { return };
                 let mut relay = relay.lock().unwrap_or_else(|p| p.into_inner());
                 b2bua.receive(&msg.bytes, msg.from, &mut relay, Instant::now())
             }
@@ -100,7 +114,8 @@ pub async fn run(
                 failed_tx.clone(),
             ));
         }
-        *status.lock().unwrap_or_else(|p| p.into_inner()) = SipStatus {
+        // What the control socket shows (`relayctl trunks`).
+        relay.lock().unwrap_or_else(|p| p.into_inner()).sip = Some(SipStatus {
             calls: b2bua.calls(),
             trunks: b2bua
                 .trunk_status()
@@ -108,7 +123,7 @@ pub async fn run(
                 .map(|(name, up, calls)| TrunkStatus { name, up, calls })
                 .collect(),
             stats: b2bua.stats.clone(),
-        };
+        });
     }
 }
 
