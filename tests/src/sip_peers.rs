@@ -426,9 +426,11 @@ pub fn uac_scenario(plan: Uac) -> String {
             s += "<recv response=\"180\" optional=\"true\"/>\n<recv response=\"183\" optional=\"true\"/>\n\
                   <recv response=\"200\" rrs=\"true\" rtd=\"true\"/>\n";
             s += &uac_request("ACK", 1, "[branch]", None, false);
-            s += &format!(
-                "<nop><action><exec play_pcap_audio=\"{G711A_PCAP}\"/></action></nop>\n<pause milliseconds=\"{audio_ms}\"/>\n"
-            );
+            if audio_ms > 0 {
+                s += &format!(
+                    "<nop><action><exec play_pcap_audio=\"{G711A_PCAP}\"/></action></nop>\n<pause milliseconds=\"{audio_ms}\"/>\n"
+                );
+            }
             let mut cseq = 2;
             if hold {
                 for direction in ["sendonly", "sendrecv"] {
@@ -541,7 +543,11 @@ pub fn uas_scenario(plan: Uas) -> String {
             s += &reply("180 Ringing", false);
             s += &reply("200 OK", true);
             s += "<recv request=\"ACK\"/>\n";
-            s += &format!("<nop><action><exec play_pcap_audio=\"{G711A_PCAP}\"/></action></nop>\n");
+            if audio_ms > 0 {
+                s += &format!(
+                    "<nop><action><exec play_pcap_audio=\"{G711A_PCAP}\"/></action></nop>\n"
+                );
+            }
             if hold {
                 for _ in 0..2 {
                     s += "<recv request=\"INVITE\"/>\n";

@@ -238,6 +238,11 @@ ports = "50000-50999"
         stop(&mut child)
     }
 
+    /// relayd's process id, while it runs.
+    pub fn relayd_pid(&self) -> Option<u32> {
+        self.relayd.as_ref().map(Child::id)
+    }
+
     pub fn relayd_log(&self) -> String {
         std::fs::read_to_string(self.dir.join("relayd.log")).unwrap_or_default()
     }

@@ -61,6 +61,9 @@ enum Benchmark {
     /// NG control protocol: offer+answer+delete per second, relayd against
     /// rtpengine (the relay-bench-ng binary).
     Ng,
+    /// SIP call setup rate through the B2BUA with sipp and a Kamailio TLS
+    /// service (the relay-bench-sip binary).
+    Sip,
 }
 
 fn main() -> ExitCode {
@@ -146,11 +149,17 @@ fn bench(what: Benchmark, json: bool) -> Result<()> {
         .get_name()
         .to_string();
     cmd::header(&format!("benchmark: {what}"));
-    let bin = if what == "ng" {
-        "relay-bench-ng"
-    } else {
-        "relay-bench"
+    let bin = match what.as_str() {
+        "ng" => "relay-bench-ng",
+        "sip" => "relay-bench-sip",
+        _ => "relay-bench",
     };
+    if what == "sip" {
+        // It starts relayd from its own (release) target directory.
+        host::ensure_tools()?;
+        host::ensure_bpffs()?;
+        cmd::run(cargo().args(["build", "--release", "-p", "relay-user", "--bins"]))?;
+    }
     let mut run = cargo();
     run.args([
         "run",

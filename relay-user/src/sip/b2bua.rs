@@ -52,6 +52,36 @@ pub struct SipStats {
     pub malformed: u64,
     /// Responses we sent, by class (1xx .. 6xx).
     pub responses_sent: [u64; 6],
+    /// Time from a caller's INVITE to the call's media rules being installed
+    /// (at the callee's 2xx), as a log2 histogram: bucket i counts
+    /// [2^i, 2^(i+1)) microseconds.
+    pub invite_to_rules_us: [u64; 24],
+}
+
+impl SipStats {
+    fn record_setup(&mut self, d: Duration) {
+        let us = d.as_micros().max(1) as u64;
+        let bucket = (63 - us.leading_zeros() as usize).min(23);
+        self.invite_to_rules_us[bucket] += 1;
+    }
+
+    /// The upper bound (µs) of the bucket holding quantile `q` (0..=1) of the
+    /// INVITE-to-rules times, if any call was answered.
+    pub fn setup_quantile_us(&self, q: f64) -> Option<u64> {
+        let total: u64 = self.invite_to_rules_us.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let want = ((total as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, n) in self.invite_to_rules_us.iter().enumerate() {
+            seen += n;
+            if seen >= want {
+                return Some(1u64 << (i + 1));
+            }
+        }
+        None
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,6 +119,7 @@ struct Call {
     b_invite: Option<TxKey>,
     state: CallState,
     ring_deadline: Instant,
+    invite_at: Instant,
 }
 
 impl Call {
@@ -554,6 +585,7 @@ impl B2bua {
                 b_invite: Some(b_key),
                 state: CallState::Calling,
                 ring_deadline: now + self.cfg.ring_timeout,
+                invite_at: now,
             },
         );
         actions
@@ -702,7 +734,9 @@ impl B2bua {
                 call.state = CallState::Confirmed;
                 call.a_invite = None;
                 call.b_invite = None;
+                let setup = now.saturating_duration_since(call.invite_at);
                 self.stats.calls_answered += 1;
+                self.stats.record_setup(setup);
                 info!(call = id, "call answered");
                 out.extend(self.tx.send_response(&a_key, r, now).unwrap_or_default());
             }
@@ -1126,6 +1160,24 @@ fn refusal(e: &RelayError) -> (u16, &'static str) {
         e if e.is_load_limit() => (503, "Service Unavailable"),
         RelayError::Media(crate::media::MediaError::Sdp(_)) => (488, "Not Acceptable Here"),
         _ => (500, "Server Internal Error"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn setup_histogram_quantiles() {
+        let mut s = SipStats::default();
+        assert_eq!(s.setup_quantile_us(0.5), None);
+        for us in [300u64, 400, 500, 900, 5_000] {
+            s.record_setup(Duration::from_micros(us));
+        }
+        // 300, 400, 500 fall in [256, 512), 900 in [512, 1024), 5000 in [4096, 8192).
+        assert_eq!(s.setup_quantile_us(0.5), Some(512));
+        assert_eq!(s.setup_quantile_us(0.8), Some(1024));
+        assert_eq!(s.setup_quantile_us(1.0), Some(8192));
     }
 }
 

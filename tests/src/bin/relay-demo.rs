@@ -59,10 +59,11 @@ fn run() -> Result<()> {
         &t.callee,
         &dir,
         "service",
+        // audio_ms > 0: the service plays audio back to the PBX.
         &uas_scenario(Uas::Accept {
             hangup: Hangup::Awaits,
             hold: false,
-            audio_ms: 0,
+            audio_ms: 6000,
         }),
         &[
             "-i",
