@@ -652,3 +652,58 @@ require_client_cert = true
         ca = pki.cert("ca").display(),
     )
 }
+
+/// The service's user agent (sipp UAS on 198.51.100.10:5080, media on 16000)
+/// behind Kamailio, for `calls` calls.
+pub fn start_service(ns: &NetNs, dir: &Path, name: &str, plan: Uas, calls: u32) -> Result<Peer> {
+    let calls = calls.to_string();
+    sipp(
+        ns,
+        dir,
+        name,
+        &uas_scenario(plan),
+        &[
+            "-i",
+            "198.51.100.10",
+            "-p",
+            "5080",
+            "-mi",
+            "198.51.100.10",
+            "-mp",
+            "16000",
+            "-m",
+            &calls,
+        ],
+    )
+}
+
+/// The PBX (sipp UAC on 192.0.2.10:5060, media on 20000) calling the relay at
+/// 192.0.2.1:5060 over `transport` (sipp's `u1`, `t1`); `extra` sipp
+/// arguments follow (one call unless they say `-m`).
+pub fn start_pbx(
+    ns: &NetNs,
+    dir: &Path,
+    name: &str,
+    plan: Uac,
+    transport: &str,
+    extra: &[&str],
+) -> Result<Peer> {
+    let mut args = vec![
+        "192.0.2.1:5060",
+        "-i",
+        "192.0.2.10",
+        "-p",
+        "5060",
+        "-mi",
+        "192.0.2.10",
+        "-mp",
+        "20000",
+        "-t",
+        transport,
+    ];
+    args.extend_from_slice(extra);
+    if !extra.contains(&"-m") {
+        args.extend(["-m", "1"]);
+    }
+    sipp(ns, dir, name, &uac_scenario(plan), &args)
+}

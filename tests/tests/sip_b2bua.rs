@@ -12,8 +12,7 @@ use std::{
 use relay_tests::{
     netns::NetNs,
     sip_peers::{
-        Hangup, Peer, Pki, Uac, Uas, relay_sip_config, sipp, start_kamailio_tls, uac_scenario,
-        uas_scenario,
+        Hangup, Peer, Pki, Uac, Uas, relay_sip_config, start_kamailio_tls, start_pbx, start_service,
     },
     topology::{RelaydOpts, Topology},
 };
@@ -40,47 +39,11 @@ fn setup(service_identity: &str, ring_timeout_s: u32) -> Setup {
 }
 
 fn uas(s: &Setup, name: &str, plan: Uas, calls: u32) -> Peer {
-    let calls = calls.to_string();
-    sipp(
-        &s.t.callee,
-        &s.dir,
-        name,
-        &uas_scenario(plan),
-        &[
-            "-i",
-            "198.51.100.10",
-            "-p",
-            "5080",
-            "-mi",
-            "198.51.100.10",
-            "-mp",
-            "16000",
-            "-m",
-            &calls,
-        ],
-    )
-    .expect("sipp uas")
+    start_service(&s.t.callee, &s.dir, name, plan, calls).expect("sipp uas")
 }
 
 fn uac(s: &Setup, name: &str, plan: Uac, transport: &str, extra: &[&str]) -> Peer {
-    let mut args = vec![
-        "192.0.2.1:5060",
-        "-i",
-        "192.0.2.10",
-        "-p",
-        "5060",
-        "-mi",
-        "192.0.2.10",
-        "-mp",
-        "20000",
-        "-t",
-        transport,
-    ];
-    args.extend_from_slice(extra);
-    if !extra.contains(&"-m") {
-        args.extend(["-m", "1"]);
-    }
-    sipp(&s.t.caller, &s.dir, name, &uac_scenario(plan), &args).expect("sipp uac")
+    start_pbx(&s.t.caller, &s.dir, name, plan, transport, extra).expect("sipp uac")
 }
 
 fn rules(t: &Topology) -> Vec<RuleView> {

@@ -409,6 +409,10 @@ impl B2bua {
         self.tx.send_response(key, r, now).unwrap_or_default()
     }
 
+    fn no_such_dialog(&mut self, key: &TxKey, msg: &SipMessage, now: Instant) -> Vec<Action> {
+        self.respond(key, msg, 481, "Call/Transaction Does Not Exist", None, now)
+    }
+
     fn local_for(&self, transport: TransportKind, near: Option<IpAddr>) -> Option<SocketAddr> {
         let mut candidates = self
             .local
@@ -842,14 +846,7 @@ impl B2bua {
     ) -> Vec<Action> {
         let invite_key = self.tx.invite_for_cancel(&key);
         let Some(invite_key) = invite_key else {
-            return self.respond(
-                &key,
-                &msg,
-                481,
-                "Call/Transaction Does Not Exist",
-                None,
-                now,
-            );
+            return self.no_such_dialog(&key, &msg, now);
         };
         let mut out = self.respond(&key, &msg, 200, "OK", None, now);
         let id = self
@@ -906,14 +903,7 @@ impl B2bua {
 
     fn bye(&mut self, key: TxKey, msg: SipMessage, relay: &mut Relay, now: Instant) -> Vec<Action> {
         let Some((id, side)) = self.dialog_of(&msg) else {
-            return self.respond(
-                &key,
-                &msg,
-                481,
-                "Call/Transaction Does Not Exist",
-                None,
-                now,
-            );
+            return self.no_such_dialog(&key, &msg, now);
         };
         let mut out = self.respond(&key, &msg, 200, "OK", None, now);
         info!(call = id, from = ?side, "BYE");
@@ -940,14 +930,7 @@ impl B2bua {
         now: Instant,
     ) -> Vec<Action> {
         let Some((id, side)) = self.dialog_of(&msg) else {
-            return self.respond(
-                &key,
-                &msg,
-                481,
-                "Call/Transaction Does Not Exist",
-                None,
-                now,
-            );
+            return self.no_such_dialog(&key, &msg, now);
         };
         let method = msg.method().cloned().unwrap_or(Method::INFO);
         let call = self.calls.get_mut(&id).expect("indexed");
@@ -1028,13 +1011,7 @@ impl B2bua {
 
     fn send_bye(&mut self, id: u64, side: Side, now: Instant) -> Vec<Send> {
         let actions = self.send_bye_actions(id, side, now);
-        actions
-            .into_iter()
-            .filter_map(|a| match a {
-                Action::Send { dest, bytes, key } => Some(Send { dest, bytes, key }),
-                Action::Deliver(_) => None,
-            })
-            .collect()
+        only_sends(actions)
     }
 
     fn send_bye_actions(&mut self, id: u64, side: Side, now: Instant) -> Vec<Action> {
@@ -1116,13 +1093,7 @@ impl B2bua {
             Ok((key, actions)) => {
                 self.trunk_state[i].pinging = true;
                 self.client.insert(key, Pending::Ping(i));
-                actions
-                    .into_iter()
-                    .filter_map(|a| match a {
-                        Action::Send { dest, bytes, key } => Some(Send { dest, bytes, key }),
-                        Action::Deliver(_) => None,
-                    })
-                    .collect()
+                only_sends(actions)
             }
             Err(_) => Vec::new(),
         }
@@ -1147,6 +1118,17 @@ impl B2bua {
     }
 }
 
+/// The sends among actions that cannot produce events (our own BYE, OPTIONS).
+fn only_sends(actions: Vec<Action>) -> Vec<Send> {
+    actions
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::Send { dest, bytes, key } => Some(Send { dest, bytes, key }),
+            Action::Deliver(_) => None,
+        })
+        .collect()
+}
+
 fn call_tag(calls: &HashMap<u64, Call>, id: u64) -> String {
     calls
         .get(&id)
@@ -1160,6 +1142,15 @@ fn refusal(e: &RelayError) -> (u16, &'static str) {
         e if e.is_load_limit() => (503, "Service Unavailable"),
         RelayError::Media(crate::media::MediaError::Sdp(_)) => (488, "Not Acceptable Here"),
         _ => (500, "Server Internal Error"),
+    }
+}
+
+fn count_response(stats: &mut SipStats, bytes: &[u8]) {
+    if let Some(rest) = bytes.strip_prefix(b"SIP/2.0 ")
+        && let Some(&d) = rest.first()
+        && (b'1'..=b'6').contains(&d)
+    {
+        stats.responses_sent[(d - b'1') as usize] += 1;
     }
 }
 
@@ -1178,14 +1169,5 @@ mod tests {
         assert_eq!(s.setup_quantile_us(0.5), Some(512));
         assert_eq!(s.setup_quantile_us(0.8), Some(1024));
         assert_eq!(s.setup_quantile_us(1.0), Some(8192));
-    }
-}
-
-fn count_response(stats: &mut SipStats, bytes: &[u8]) {
-    if let Some(rest) = bytes.strip_prefix(b"SIP/2.0 ")
-        && let Some(&d) = rest.first()
-        && (b'1'..=b'6').contains(&d)
-    {
-        stats.responses_sent[(d - b'1') as usize] += 1;
     }
 }

@@ -16,8 +16,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use relay_tests::{
     sip_peers::{
-        Hangup, Pki, Uac, Uas, relay_sip_config, sipp, start_kamailio_tls, uac_scenario,
-        uas_scenario,
+        Hangup, Pki, Uac, Uas, relay_sip_config, start_kamailio_tls, start_pbx, start_service,
     },
     topology::{RelaydOpts, Topology},
 };
@@ -75,52 +74,31 @@ fn run(json: bool) -> Result<()> {
         let before: SipStatus = serde_json::from_value(t.call(&Request::Sip)?)
             .ok()
             .unwrap_or_default();
-        let mut service = sipp(
+        let mut service = start_service(
             &t.callee,
             &dir,
             &format!("uas{i}"),
-            &uas_scenario(Uas::Accept {
+            Uas::Accept {
                 hangup: Hangup::Awaits,
                 hold: false,
                 audio_ms: 0,
-            }),
-            &[
-                "-i",
-                "198.51.100.10",
-                "-p",
-                "5080",
-                "-mi",
-                "198.51.100.10",
-                "-mp",
-                "16000",
-                "-m",
-                &calls.to_string(),
-            ],
+            },
+            calls,
         )?;
         let stats = dir.join(format!("uac{i}.csv"));
         let cpu0 = cpu_seconds(pid)?;
         let started = Instant::now();
-        let mut pbx = sipp(
+        let mut pbx = start_pbx(
             &t.caller,
             &dir,
             &format!("uac{i}"),
-            &uac_scenario(Uac::Call {
+            Uac::Call {
                 hangup: Hangup::Sends,
                 hold: false,
                 audio_ms: 0,
-            }),
+            },
+            "u1",
             &[
-                "192.0.2.1:5060",
-                "-i",
-                "192.0.2.10",
-                "-p",
-                "5060",
-                "-mi",
-                "192.0.2.10",
-                "-mp",
-                "20000",
-                "-t",
-                "u1",
                 "-r",
                 &rate.to_string(),
                 "-m",
@@ -193,7 +171,7 @@ fn sipp_counts(csv: &str) -> (u64, u64) {
     let Some(header) = lines.next() else {
         return (0, 0);
     };
-    let Some(last) = lines.last() else {
+    let Some(last) = lines.next_back() else {
         return (0, 0);
     };
     let names: Vec<&str> = header.split(';').collect();

@@ -15,8 +15,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use relay_tests::{
     sip_peers::{
-        Hangup, Pki, Uac, Uas, relay_sip_config, sipp, start_kamailio_tls, uac_scenario,
-        uas_scenario,
+        Hangup, Pki, Uac, Uas, relay_sip_config, start_kamailio_tls, start_pbx, start_service,
     },
     topology::{RelaydOpts, Topology},
 };
@@ -55,28 +54,17 @@ fn run() -> Result<()> {
     let pki = Pki::create(&dir.join("pki"))?;
     let _kamailio = start_kamailio_tls(&t.callee, &pki, "service", &dir)?;
     let calls = CALLS.to_string();
-    let mut service = sipp(
+    // audio_ms > 0: the service plays audio back to the PBX.
+    let mut service = start_service(
         &t.callee,
         &dir,
         "service",
-        // audio_ms > 0: the service plays audio back to the PBX.
-        &uas_scenario(Uas::Accept {
+        Uas::Accept {
             hangup: Hangup::Awaits,
             hold: false,
             audio_ms: 6000,
-        }),
-        &[
-            "-i",
-            "198.51.100.10",
-            "-p",
-            "5080",
-            "-mi",
-            "198.51.100.10",
-            "-mp",
-            "16000",
-            "-m",
-            &calls,
-        ],
+        },
+        CALLS,
     )?;
 
     step(
@@ -90,34 +78,17 @@ fn run() -> Result<()> {
     step(&format!(
         "the PBX places {CALLS} calls over UDP, each playing 6 s of G.711 audio"
     ));
-    let mut pbx = sipp(
+    let mut pbx = start_pbx(
         &t.caller,
         &dir,
         "pbx",
-        &uac_scenario(Uac::Call {
+        Uac::Call {
             hangup: Hangup::Sends,
             hold: false,
             audio_ms: 6000,
-        }),
-        &[
-            "192.0.2.1:5060",
-            "-i",
-            "192.0.2.10",
-            "-p",
-            "5060",
-            "-mi",
-            "192.0.2.10",
-            "-mp",
-            "20000",
-            "-t",
-            "u1",
-            "-r",
-            "1",
-            "-m",
-            &calls,
-            "-l",
-            &calls,
-        ],
+        },
+        "u1",
+        &["-r", "1", "-m", &calls, "-l", &calls],
     )?;
     std::thread::sleep(Duration::from_secs(5));
     step("calls up: `relayctl calls`");
