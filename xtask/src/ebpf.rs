@@ -13,7 +13,7 @@ use anyhow::{Context, Result, bail};
 use crate::{cmd, workspace_root};
 
 /// The binaries of relay-ebpf; relay-user/build.rs embeds exactly these.
-pub const OBJECTS: &[&str] = &["relay-ebpf", "relay-pass"];
+pub const OBJECTS: &[&str] = &["relay-ebpf", "relay-pass", "relay-gen", "relay-sink"];
 
 pub fn crate_dir() -> PathBuf {
     workspace_root().join("relay-ebpf")

@@ -135,7 +135,7 @@ fn dataplane(json: bool, only: Option<Part>, cases: &[(Mode, u32)]) -> Result<()
     );
     // Built before pinning ourselves (the compiler would inherit one CPU).
     let relayd = topo::relayd_binary()?;
-    reap_stale_pins();
+    reap_stale();
     let fd_limit = topo::raise_fd_limit();
     // This thread and every thread it starts (the generator) stay off the
     // relay core, at the same high priority as the relay.
@@ -227,20 +227,24 @@ fn markdown_path() -> PathBuf {
         .join("docs/bench/dataplane.md")
 }
 
-/// Removes pin directories that relayds of killed benchmark runs left in
-/// /sys/fs/bpf (`relaybench-<pid>-<n>` of a pid that is gone).
-fn reap_stale_pins() {
-    let Ok(entries) = std::fs::read_dir("/sys/fs/bpf") else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if let Some(pid) = relay_tests::unique_name_pid("relaybench", &name)
-            && pid != std::process::id()
-            && !Path::new(&format!("/proc/{pid}")).exists()
-        {
-            eprintln!("removing stale pin directory /sys/fs/bpf/{name}");
-            let _ = std::fs::remove_dir_all(entry.path());
+/// Removes what killed benchmark runs left behind (their destructors never
+/// ran): relayd pin directories in /sys/fs/bpf and working directories in
+/// the temp dir, named `relaybench-<pid>-<n>` after a pid that is gone. (Their
+/// namespaces go with the first `NetNs::new("relaybench")`.)
+fn reap_stale() {
+    for dir in [PathBuf::from("/sys/fs/bpf"), std::env::temp_dir()] {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(pid) = relay_tests::unique_name_pid("relaybench", &name)
+                && pid != std::process::id()
+                && !Path::new(&format!("/proc/{pid}")).exists()
+            {
+                eprintln!("removing stale {}", entry.path().display());
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
         }
     }
 }

@@ -435,7 +435,13 @@ pub fn relayd_binary() -> Result<PathBuf> {
     if release {
         cmd.arg("--release");
     }
-    eprintln!("building relayd: {cmd:?}");
+    eprintln!(
+        "building relayd: cargo {}",
+        cmd.get_args()
+            .map(|a| a.to_string_lossy())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
     // Cargo's output goes to stderr; keep stdout for the results.
     let status = cmd
         .stdin(Stdio::null())
