@@ -133,9 +133,13 @@ pub struct Peer {
 
 impl Peer {
     pub fn spawn(ns: &NetNs, name: &str, program: &str, args: &[&str], log: &Path) -> Result<Self> {
+        use std::os::unix::process::CommandExt;
         let out = std::fs::File::create(log)?;
+        // Its own process group, so stopping it also reaches the processes it
+        // forks (Kamailio's workers), by the group id of our own child.
         let child = ns
             .command(program)
+            .process_group(0)
             .args(args)
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
@@ -181,22 +185,37 @@ impl Peer {
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
-    /// SIGTERM, then SIGKILL after 5 s.
+    /// SIGTERM to the process and its group, then SIGKILL to the group
+    /// after 5 s.
     pub fn stop(&mut self) {
+        use nix::sys::signal::{Signal, kill, killpg};
         let Some(mut child) = self.child.take() else {
             return;
         };
         let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = kill(pid, Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(5);
+        let mut exited = false;
         while Instant::now() < deadline {
             if let Ok(Some(_)) = child.try_wait() {
-                return;
+                exited = true;
+                break;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = child.kill();
-        let _ = child.wait();
+        // Whatever of the group is left (workers whose parent is gone).
+        let _ = killpg(
+            pid,
+            if exited {
+                Signal::SIGTERM
+            } else {
+                Signal::SIGKILL
+            },
+        );
+        if !exited {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
