@@ -20,7 +20,11 @@ const TOOLS: &[(&str, &str, &str)] = &[
     ("ethtool", "--version", "ethtool"),
     ("kamailio", "-v", "kamailio"),
     // Kamailio's TLS module: the mutual-TLS service in the SIP tests.
-    ("ls", "/usr/lib/x86_64-linux-gnu/kamailio/modules/tls.so", "kamailio-tls-modules"),
+    (
+        "ls",
+        "/usr/lib/x86_64-linux-gnu/kamailio/modules/tls.so",
+        "kamailio-tls-modules",
+    ),
     ("openssl", "version", "openssl"),
     // sipp exits non-zero even for -v; its G.711 sample (read by the NG
     // tests) shows the package is there.

@@ -105,7 +105,10 @@ impl SipConfig {
     /// Checks `[sip]` alone; [`Trunks::new`] checks it against the trunks.
     pub fn validate(&self) -> Result<(), FieldError> {
         if self.ring_timeout_s == 0 {
-            return Err(FieldError::new("sip.ring_timeout_s", "must be at least 1 second"));
+            return Err(FieldError::new(
+                "sip.ring_timeout_s",
+                "must be at least 1 second",
+            ));
         }
         if !(MIN_MESSAGE_SIZE..=MAX_MESSAGE_SIZE).contains(&self.max_message_size) {
             return Err(FieldError::new(
