@@ -12,6 +12,7 @@
 //! - [`ng_peers`]: Kamailio, sipp, a second relayd and an NG client for the
 //!   NG protocol tests.
 
+pub mod bench_build;
 pub mod bpffs;
 pub mod clock;
 pub mod frames;

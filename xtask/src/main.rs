@@ -155,10 +155,9 @@ fn bench(what: Benchmark, json: bool) -> Result<()> {
         _ => "relay-bench",
     };
     if what == "sip" {
-        // It starts relayd from its own (release) target directory.
+        // sipp and Kamailio with TLS are its peers.
         host::ensure_tools()?;
         host::ensure_bpffs()?;
-        cmd::run(cargo().args(["build", "--release", "-p", "relay-user", "--bins"]))?;
     }
     let mut run = cargo();
     run.args([

@@ -143,7 +143,7 @@ fn run(json: bool, calls: u64) -> Result<()> {
     if !rtpengine.exists() {
         bail!("rtpengine is missing: `apt-get install -y rtpengine-daemon`");
     }
-    let relayd = relayd_binary()?;
+    let relayd = relay_tests::bench_build::relayd_binary()?;
     reap_stale();
     pin(CLIENT_CPU)?;
     renice()?;
@@ -593,41 +593,6 @@ fn reply_ok(body: &[u8]) -> bool {
         .ok()
         .and_then(|v| v.get("result").and_then(|r| r.as_str().map(str::to_string)))
         .is_some_and(|r| r == "ok")
-}
-
-/// Builds relayd (release when we are a release build) and returns its path;
-/// `RELAY_BENCH_RELAYD` names a relayd to use instead.
-fn relayd_binary() -> Result<PathBuf> {
-    if let Some(path) = std::env::var_os("RELAY_BENCH_RELAYD") {
-        return Ok(PathBuf::from(path));
-    }
-    let exe = std::env::current_exe()?;
-    let dir = exe.parent().context("executable has no directory")?;
-    let release = dir.file_name().is_some_and(|n| n == "release");
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .context("tests/ has no parent")?;
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.current_dir(workspace)
-        .args(["build", "-p", "relay-user", "--bin", "relayd"]);
-    if release {
-        cmd.arg("--release");
-    }
-    eprintln!("building relayd: {cmd:?}");
-    let status = cmd
-        .stdin(Stdio::null())
-        .stdout(std::io::stderr())
-        .status()
-        .context("running cargo build for relayd")?;
-    if !status.success() {
-        bail!("building relayd failed ({status})");
-    }
-    let path = dir.join("relayd");
-    if !path.exists() {
-        bail!("{} is missing after building it", path.display());
-    }
-    Ok(path)
 }
 
 struct Report {

@@ -55,6 +55,8 @@ fn run(json: bool) -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!("the benchmark builds network namespaces: run it as root");
     }
+    // Topology starts the relayd found next to this executable.
+    relay_tests::bench_build::relayd_binary()?;
     let mut t = Topology::new()?;
     let dir = t.dir().join("bench-sip");
     std::fs::create_dir_all(&dir)?;

@@ -134,7 +134,7 @@ fn dataplane(json: bool, only: Option<Part>, cases: &[(Mode, u32)]) -> Result<()
             .map_or(0, |d| d.as_secs()),
     );
     // Built before pinning ourselves (the compiler would inherit one CPU).
-    let relayd = topo::relayd_binary()?;
+    let relayd = relay_tests::bench_build::relayd_binary()?;
     reap_stale();
     let fd_limit = topo::raise_fd_limit();
     // This thread and every thread it starts (the generator) stay off the
