@@ -46,6 +46,16 @@ fn uac(s: &Setup, name: &str, plan: Uac, transport: &str, extra: &[&str]) -> Pee
     start_pbx(&s.t.caller, &s.dir, name, plan, transport, extra).expect("sipp uac")
 }
 
+/// One call between the service's and the PBX's plans over UDP: both sipp
+/// scenarios must complete, and relayd must be left with nothing.
+fn one_call(s: &Setup, service: Uas, pbx: Uac) {
+    let mut callee = uas(s, "uas", service, 1);
+    let mut caller = uac(s, "uac", pbx, "u1", &[]);
+    finish(s, &mut caller, Duration::from_secs(20));
+    finish(s, &mut callee, Duration::from_secs(20));
+    assert_clean(s);
+}
+
 fn rules(t: &Topology) -> Vec<RuleView> {
     serde_json::from_value(t.call(&Request::Rules).unwrap()).unwrap()
 }
@@ -212,11 +222,7 @@ fn cancel_before_answer() {
         return;
     }
     let s = setup("service", 30);
-    let mut callee = uas(&s, "uas", Uas::Ring, 1);
-    let mut caller = uac(&s, "uac", Uac::Cancel, "u1", &[]);
-    finish(&s, &mut caller, Duration::from_secs(20));
-    finish(&s, &mut callee, Duration::from_secs(20));
-    assert_clean(&s);
+    one_call(&s, Uas::Ring, Uac::Cancel);
 }
 
 #[test]
@@ -225,11 +231,7 @@ fn busy_is_relayed() {
         return;
     }
     let s = setup("service", 30);
-    let mut callee = uas(&s, "uas", Uas::Busy, 1);
-    let mut caller = uac(&s, "uac", Uac::Fails(486), "u1", &[]);
-    finish(&s, &mut caller, Duration::from_secs(20));
-    finish(&s, &mut callee, Duration::from_secs(20));
-    assert_clean(&s);
+    one_call(&s, Uas::Busy, Uac::Fails(486));
 }
 
 #[test]
@@ -238,11 +240,7 @@ fn unanswered_invite_times_out() {
         return;
     }
     let s = setup("service", 3);
-    let mut callee = uas(&s, "uas", Uas::Ring, 1);
-    let mut caller = uac(&s, "uac", Uac::Fails(408), "u1", &[]);
-    finish(&s, &mut caller, Duration::from_secs(20));
-    finish(&s, &mut callee, Duration::from_secs(20));
-    assert_clean(&s);
+    one_call(&s, Uas::Ring, Uac::Fails(408));
 }
 
 #[test]
