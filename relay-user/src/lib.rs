@@ -11,3 +11,5 @@ pub mod relay;
 pub mod rule;
 pub mod sdp;
 pub mod sip;
+#[cfg(test)]
+mod test_rng;

@@ -544,6 +544,7 @@ pub mod rtpp {
 mod tests {
     use super::*;
     use crate::ng::bencode::decode;
+    use crate::test_rng::Rng;
 
     fn req(bytes: &[u8]) -> Request {
         Request::from_value(&decode(bytes).unwrap())
@@ -631,17 +632,6 @@ mod tests {
         let r = req(b"d13:received-froml3:IP43:nope8:from-tag2:\xff\xfee");
         assert_eq!(r.errors.len(), 2, "{:?}", r.errors);
         assert_eq!(Request::from_value(&Value::Int(1)).errors.len(), 1);
-    }
-
-    /// xorshift64*.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
     }
 
     #[test]

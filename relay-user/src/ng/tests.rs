@@ -21,6 +21,7 @@ use super::{
     Ng,
     bencode::{Value, decode},
 };
+use crate::test_rng::Rng;
 use crate::{
     config::Config,
     dataplane::Dataplane,
@@ -790,21 +791,6 @@ fn media_figures_reach_query_and_totals() {
         ),
         10
     );
-}
-
-/// xorshift64*: deterministic, so a failure reproduces.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
 }
 
 #[test]

@@ -4,6 +4,7 @@
 use std::net::IpAddr;
 
 use super::*;
+use crate::test_rng::Rng;
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
@@ -592,26 +593,6 @@ fn size_limit() {
 }
 
 // ---- fuzzing ----
-
-/// xorshift64*: deterministic, so a failure reproduces.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-
-    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
-        items[self.below(items.len())]
-    }
-}
 
 /// Parses, and when that works, rewrites (to both families, with and without
 /// ports) and checks the output parses and rewrites to itself again.
