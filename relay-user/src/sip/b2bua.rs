@@ -413,15 +413,12 @@ impl B2bua {
         self.respond(key, msg, 481, "Call/Transaction Does Not Exist", None, now)
     }
 
-    fn local_for(&self, transport: TransportKind, near: Option<IpAddr>) -> Option<SocketAddr> {
-        let mut candidates = self
-            .local
+    /// Our first listening address of a transport, for Via and Contact.
+    fn local_for(&self, transport: TransportKind) -> Option<SocketAddr> {
+        self.local
             .iter()
-            .filter(|(k, _)| *k == transport)
-            .map(|(_, a)| *a);
-        let all: Vec<SocketAddr> = candidates.by_ref().collect();
-        near.and_then(|ip| all.iter().copied().find(|a| a.ip() == ip))
-            .or_else(|| all.first().copied())
+            .find(|(k, _)| *k == transport)
+            .map(|(_, a)| *a)
     }
 
     fn rate_ok(&mut self, ip: IpAddr, now: Instant) -> bool {
@@ -453,11 +450,11 @@ impl B2bua {
             self.stats.rate_limited += 1;
             return self.respond(&key, &msg, 503, "Rate Limited", None, now);
         }
-        let Some(a_trunk) = self.trunks.iter().position(|t| {
-            self.trunks
-                .trunk_for(from.addr.ip(), from.transport)
-                .is_some_and(|f| f.name == t.name)
-        }) else {
+        let Some(a_trunk) = self
+            .trunks
+            .trunk_for(from.addr.ip(), from.transport)
+            .and_then(|t| self.trunks.index_of(&t.name))
+        else {
             return self.respond(&key, &msg, 403, "Forbidden", None, now);
         };
         let Some(b_trunk) = self.trunks.get(a_trunk).and_then(|t| t.route_to) else {
@@ -491,8 +488,8 @@ impl B2bua {
         let Some(b_dest) = b_cfg.dest() else {
             return self.respond(&key, &msg, 503, "Trunk Unresolved", None, now);
         };
-        let b_local = self.local_for(b_cfg.transport, None);
-        let a_local = self.local_for(from.transport, None);
+        let b_local = self.local_for(b_cfg.transport);
+        let a_local = self.local_for(from.transport);
         let (Some(b_local), Some(a_local)) = (b_local, a_local) else {
             return self.respond(&key, &msg, 500, "No Listener", None, now);
         };
@@ -525,8 +522,7 @@ impl B2bua {
         let target_host = b_cfg
             .tls
             .as_ref()
-            .map(|t| format!("{:?}", t.server_name).trim_matches('"').to_string())
-            .filter(|h| !h.is_empty() && !h.contains('('))
+            .map(|t| t.server_name.to_str().into_owned())
             .unwrap_or_else(|| b_dest.addr.ip().to_string());
         let b_call_id = new_call_id(&b_local.ip().to_string());
         let b_tag = new_tag();
@@ -1072,8 +1068,7 @@ impl B2bua {
         };
         let interval = trunk.options_interval.unwrap_or(Duration::from_secs(30));
         self.trunk_state[i].next_ping = Some(now + interval);
-        let (Some(dest), Some(local)) = (trunk.dest(), self.local_for(trunk.transport, None))
-        else {
+        let (Some(dest), Some(local)) = (trunk.dest(), self.local_for(trunk.transport)) else {
             return Vec::new();
         };
         let mut d = Dialog {
