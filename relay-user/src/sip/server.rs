@@ -81,55 +81,66 @@ async fn serve(
 ) {
     // Failed sends come back here so their transactions learn of it.
     let (failed_tx, mut failed) = mpsc::unbounded_channel::<TxKey>();
+    // Trunks do not change after start: one shared copy for every send batch.
+    let trunks = Arc::new(b2bua.trunks.clone());
     loop {
         let deadline = b2bua
             .next_deadline()
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
-        let sends = tokio::select! {
-            msg = inbound.recv() => {
-                let Some(msg) = msg else { return };
-                let mut relay = relay.lock().unwrap_or_else(|p| p.into_inner());
-                b2bua.receive(&msg.bytes, msg.from, &mut relay, Instant::now())
-            }
-            _ = tokio::time::sleep_until(deadline.into()) => {
-                let mut relay = relay.lock().unwrap_or_else(|p| p.into_inner());
-                b2bua.poll(&mut relay, Instant::now())
-            }
-            Some(media_id) = ended.recv() => {
-                let mut relay = relay.lock().unwrap_or_else(|p| p.into_inner());
-                b2bua.media_ended(&media_id, &mut relay, Instant::now())
-            }
-            Some(key) = failed.recv() => {
-                let mut relay = relay.lock().unwrap_or_else(|p| p.into_inner());
-                b2bua.transport_error(&key, &mut relay, Instant::now())
-            }
+        let wake = tokio::select! {
+            msg = inbound.recv() => match msg {
+                Some(msg) => Wake::Message(msg),
+                None => return,
+            },
+            _ = tokio::time::sleep_until(deadline.into()) => Wake::Timer,
+            Some(media_id) = ended.recv() => Wake::MediaEnded(media_id),
+            Some(key) = failed.recv() => Wake::SendFailed(key),
+        };
+        let sends = {
+            let mut relay = relay.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            let sends = match wake {
+                Wake::Message(msg) => b2bua.receive(&msg.bytes, msg.from, &mut relay, now),
+                Wake::Timer => b2bua.poll(&mut relay, now),
+                Wake::MediaEnded(id) => b2bua.media_ended(&id, &mut relay, now),
+                Wake::SendFailed(key) => b2bua.transport_error(&key, &mut relay, now),
+            };
+            // What the control socket shows (`relayctl trunks`).
+            relay.sip = Some(SipStatus {
+                calls: b2bua.calls(),
+                trunks: b2bua
+                    .trunk_status()
+                    .into_iter()
+                    .map(|(name, up, calls)| TrunkStatus { name, up, calls })
+                    .collect(),
+                stats: b2bua.stats.clone(),
+            });
+            sends
         };
         if !sends.is_empty() {
             // One task per batch keeps a batch in order without letting a slow
             // TLS connect hold up everything else.
             tokio::spawn(deliver(
                 transports.clone(),
-                b2bua.trunks.clone(),
+                trunks.clone(),
                 sends,
                 failed_tx.clone(),
             ));
         }
-        // What the control socket shows (`relayctl trunks`).
-        relay.lock().unwrap_or_else(|p| p.into_inner()).sip = Some(SipStatus {
-            calls: b2bua.calls(),
-            trunks: b2bua
-                .trunk_status()
-                .into_iter()
-                .map(|(name, up, calls)| TrunkStatus { name, up, calls })
-                .collect(),
-            stats: b2bua.stats.clone(),
-        });
     }
+}
+
+/// What woke the SIP loop.
+enum Wake {
+    Message(super::transport::Inbound),
+    Timer,
+    MediaEnded(String),
+    SendFailed(TxKey),
 }
 
 async fn deliver(
     transports: Arc<Transports>,
-    trunks: super::trunk::Trunks,
+    trunks: Arc<super::trunk::Trunks>,
     sends: Vec<Send>,
     failed: mpsc::UnboundedSender<TxKey>,
 ) {
