@@ -126,6 +126,7 @@ pub fn handle_line(line: &str, relay: &Mutex<Relay>, started: Instant) -> Respon
             "dataplane": format!("{:?}", relay.dp.mode()).to_lowercase(),
             "rules": relay.dp.rules().count(),
             "bound_endpoints": relay.dp.bound_endpoints(),
+            "idle_sockets": relay.dp.idle_sockets(),
             "calls": relay.media.len(),
             "ports_in_use": relay.media.ports_in_use(),
         })),

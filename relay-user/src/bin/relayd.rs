@@ -37,6 +37,12 @@ struct Args {
     control_socket: Option<PathBuf>,
 }
 
+/// Call setup allocates and frees many small objects (SDP, bencode, rule
+/// views); glibc's malloc fragmented and spent a large share of the CPU on
+/// consolidating free lists under load.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit code for a configuration the daemon cannot use.
 const EXIT_CONFIG: u8 = 2;
 
@@ -86,6 +92,7 @@ fn main() -> ExitCode {
 
 async fn run(config: Config, interfaces: Vec<relay_user::config::Interface>) -> Result<()> {
     let started = Instant::now();
+    raise_fd_limit(&interfaces);
     let (events_tx, mut events_rx) = mpsc::unbounded_channel();
     let mut dp = Dataplane::start(&config, interfaces, events_tx.clone())?;
     info!(
@@ -157,6 +164,37 @@ async fn run(config: Config, interfaces: Vec<relay_user::config::Interface>) -> 
     let _ = server.await;
     dp.lock().unwrap_or_else(|p| p.into_inner()).dp.shutdown();
     Ok(())
+}
+
+/// The forwarder keeps a socket per relay endpoint it has used (up to one per
+/// port of every interface's range), beside SIP, NG and control connections:
+/// the default soft limit of 1,024 descriptors is far too low for that. As
+/// root the hard limit may be raised too; if it cannot, the forwarder keeps
+/// fewer idle sockets.
+fn raise_fd_limit(interfaces: &[relay_user::config::Interface]) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let ports: u64 = interfaces
+        .iter()
+        .map(|i| u64::from(i.port_max - i.port_min) + 1)
+        .sum();
+    let wanted = ports + relay_user::dataplane::forwarder::FD_RESERVE;
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < wanted => {
+            if setrlimit(Resource::RLIMIT_NOFILE, wanted, hard.max(wanted)).is_ok() {
+                return;
+            }
+            match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                Ok(()) => warn!(
+                    limit = hard,
+                    wanted,
+                    "open-file limit is below one socket per media port: idle relay sockets will be closed as their rules go"
+                ),
+                Err(e) => warn!(error = %e, soft, "cannot raise the open-file limit"),
+            }
+        }
+        Ok(_) => {}
+        Err(e) => warn!(error = %e, "cannot read the open-file limit"),
+    }
 }
 
 async fn kernel_events(

@@ -5,9 +5,19 @@
 //! sees only what the program passes up (neighbour unresolved, VLAN, address
 //! family change, `userspace` rules); with `--dataplane userspace` it is the
 //! whole data plane.
+//!
+//! A socket stays bound when its last rule goes: binding, registering and
+//! closing one per endpoint per call was most of the cost of setting a call
+//! up (see docs/bench/ng.md). Endpoints only ever lie inside the configured
+//! port ranges, so the pool is bounded by them, and an idle socket costs a
+//! few hundred bytes (receive buffers are per worker thread, not per socket).
+//! A packet to an idle socket finds no rule and is counted as `no_flow`,
+//! which also keeps the kernel from answering it with ICMP.
 
 use std::{
+    cell::RefCell,
     collections::HashMap,
+    io::ErrorKind,
     net::SocketAddr,
     sync::{
         Arc, Mutex,
@@ -35,7 +45,7 @@ struct Entry {
     out: Arc<UdpSocket>,
 }
 
-/// A bound relay endpoint and how many rules use it.
+/// A bound relay endpoint and how many rules use it (0: idle in the pool).
 struct Endpoint {
     socket: Arc<UdpSocket>,
     users: usize,
@@ -52,10 +62,18 @@ struct Shared {
 pub struct Forwarder {
     shared: Arc<Shared>,
     endpoints: HashMap<SocketAddr, Endpoint>,
+    /// Sockets kept bound at most (in use or idle), below the open-file limit.
+    max_sockets: usize,
 }
 
 impl Forwarder {
     pub fn new(events: mpsc::UnboundedSender<LatchNotice>) -> Self {
+        // Leave room under the open-file limit for SIP, NG and control
+        // connections; past this, idle sockets are closed as their rules go.
+        let max_sockets = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+            .map_or(1_024, |(soft, _)| soft)
+            .saturating_sub(FD_RESERVE)
+            .max(64) as usize;
         Self {
             shared: Arc::new(Shared {
                 entries: Mutex::new(HashMap::new()),
@@ -64,6 +82,7 @@ impl Forwarder {
                 events,
             }),
             endpoints: HashMap::new(),
+            max_sockets,
         }
     }
 
@@ -126,9 +145,14 @@ impl Forwarder {
         (drops, self.shared.forwarded.load(Ordering::Relaxed))
     }
 
-    /// How many sockets are bound (for leak checks).
+    /// How many endpoints rules use (for leak checks).
     pub fn bound_endpoints(&self) -> usize {
-        self.endpoints.len()
+        self.endpoints.values().filter(|e| e.users > 0).count()
+    }
+
+    /// How many bound sockets wait in the pool for their next rule.
+    pub fn idle_sockets(&self) -> usize {
+        self.endpoints.len() - self.bound_endpoints()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Entry>> {
@@ -161,12 +185,16 @@ impl Forwarder {
         Ok(())
     }
 
+    /// The socket stays bound for the next rule on this endpoint, unless the
+    /// pool is at its limit.
     fn release(&mut self, addr: SocketAddr) {
-        if let Some(ep) = self.endpoints.get_mut(&addr) {
-            ep.users -= 1;
-            if ep.users == 0 {
+        let Some(ep) = self.endpoints.get_mut(&addr) else {
+            return;
+        };
+        ep.users = ep.users.saturating_sub(1);
+        if ep.users == 0 && self.endpoints.len() > self.max_sockets {
+            if let Some(ep) = self.endpoints.remove(&addr) {
                 ep.task.abort();
-                self.endpoints.remove(&addr);
             }
         }
     }
@@ -180,24 +208,71 @@ impl Drop for Forwarder {
     }
 }
 
+/// Descriptors left for everything but relay sockets.
+pub const FD_RESERVE: u64 = 4_096;
+
+/// Packets handled per wake-up before the task yields to the others.
+const BATCH: usize = 32;
+
+thread_local! {
+    /// One receive buffer per worker thread: idle endpoints hold none.
+    static RECV_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0u8; 65_536]);
+}
+
 /// Receives on one relay endpoint and forwards what the rules allow.
 async fn serve(socket: Arc<UdpSocket>, local: SocketAddr, shared: Arc<Shared>) {
-    let mut buf = vec![0u8; 65_536];
     loop {
-        let (len, from) = match socket.recv_from(&mut buf).await {
-            Ok(r) => r,
-            Err(e) => {
-                // ICMP errors from earlier sends surface here; keep serving.
-                debug!(%local, error = %e, "recv");
-                continue;
-            }
-        };
-        let Some((out, dst)) = decide(&shared, local, from, &buf[..len]) else {
+        if let Err(e) = socket.readable().await {
+            debug!(%local, error = %e, "readable");
+            tokio::task::yield_now().await;
             continue;
-        };
-        if let Err(e) = out.send_to(&buf[..len], dst).await {
-            debug!(%local, %dst, error = %e, "send");
         }
+        for _ in 0..BATCH {
+            match RECV_BUF.with_borrow_mut(|buf| receive(&socket, local, &shared, buf)) {
+                Received::Done => {}
+                Received::Empty => break,
+                // The send buffer is full: wait for room rather than lose it.
+                Received::Blocked(packet, out, dst) => {
+                    if let Err(e) = out.send_to(&packet, dst).await {
+                        debug!(%local, %dst, error = %e, "send");
+                    }
+                }
+            }
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
+enum Received {
+    /// A packet was forwarded or dropped.
+    Done,
+    /// Nothing (more) to read.
+    Empty,
+    /// Allowed, but the outgoing socket's buffer is full.
+    Blocked(Vec<u8>, Arc<UdpSocket>, SocketAddr),
+}
+
+fn receive(socket: &UdpSocket, local: SocketAddr, shared: &Shared, buf: &mut [u8]) -> Received {
+    let (len, from) = match socket.try_recv_from(buf) {
+        Ok(r) => r,
+        Err(e) if e.kind() == ErrorKind::WouldBlock => return Received::Empty,
+        Err(e) => {
+            // ICMP errors from earlier sends surface here; keep serving.
+            debug!(%local, error = %e, "recv");
+            return Received::Done;
+        }
+    };
+    let packet = &buf[..len];
+    let Some((out, dst)) = decide(shared, local, from, packet) else {
+        return Received::Done;
+    };
+    match out.try_send_to(packet, dst) {
+        Err(e) if e.kind() == ErrorKind::WouldBlock => Received::Blocked(packet.to_vec(), out, dst),
+        Err(e) => {
+            debug!(%local, %dst, error = %e, "send");
+            Received::Done
+        }
+        Ok(_) => Received::Done,
     }
 }
 

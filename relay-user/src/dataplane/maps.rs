@@ -19,6 +19,8 @@ pub struct FlowMaps {
     pub counters: PerCpuArray<MapData, u64>,
     /// Ports whose rules live only in userspace (see the XDP program).
     pub user_ports: Array<MapData, u64>,
+    /// Possible CPUs (per-CPU values have one slot each), read once.
+    ncpus: usize,
 }
 
 impl FlowMaps {
@@ -30,6 +32,7 @@ impl FlowMaps {
             stats: PerCpuHashMap::try_from(take(ebpf, names::FLOW_STATS)?)?,
             counters: PerCpuArray::try_from(take(ebpf, names::COUNTERS)?)?,
             user_ports: Array::try_from(take(ebpf, names::USER_PORTS)?)?,
+            ncpus: ncpus()?,
         })
     }
 
@@ -50,19 +53,27 @@ impl FlowMaps {
             stats: PerCpuHashMap::try_from(Map::PerCpuHashMap(open(names::FLOW_STATS)?))?,
             counters: PerCpuArray::try_from(Map::PerCpuArray(open(names::COUNTERS)?))?,
             user_ports: Array::try_from(Map::Array(open(names::USER_PORTS)?))?,
+            ncpus: ncpus()?,
         })
     }
 
     /// Installs or replaces a rule. State and statistics entries are created
     /// before the rule so the program never sees a rule without them;
-    /// `reset_state` forgets a learned source (policy or peer changed).
-    pub fn install(&mut self, key: &FlowKey, rule: &FlowRule, reset_state: bool) -> Result<()> {
-        let exists = self.flows.get(key, 0).is_ok();
+    /// `exists` says the caller installed this key before (its entries are
+    /// there: three map writes become one), `reset_state` forgets a learned
+    /// source (policy or peer changed).
+    pub fn install(
+        &mut self,
+        key: &FlowKey,
+        rule: &FlowRule,
+        exists: bool,
+        reset_state: bool,
+    ) -> Result<()> {
         if !exists || reset_state {
             self.state.insert(key, FlowState::default(), 0)?;
         }
-        if self.stats.get(key, 0).is_err() {
-            let zeros = PerCpuValues::try_from(vec![FlowStats::default(); ncpus()?])?;
+        if !exists {
+            let zeros = PerCpuValues::try_from(vec![FlowStats::default(); self.ncpus])?;
             self.stats.insert(key, zeros, 0)?;
         }
         self.flows.insert(key, rule, 0).with_context(|| {

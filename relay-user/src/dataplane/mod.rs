@@ -160,8 +160,10 @@ impl Dataplane {
             .is_none_or(|o| o.policy != rule.policy || o.peer != rule.peer);
         let krule = rule.to_kernel(monotonic_ns());
         self.forwarder.install(&rule, krule, reset)?;
+        // A fallback rule has no kernel entries to keep.
+        let in_kernel = old.is_some() && !self.fallback.contains(&rule.local);
         if let Some(kernel) = &mut self.kernel {
-            match kernel.maps.install(&rule.key(), &krule, reset) {
+            match kernel.maps.install(&rule.key(), &krule, in_kernel, reset) {
                 Ok(()) => {
                     if self.fallback.remove(&rule.local) {
                         kernel.maps.set_user_port(rule.local.port(), false)?;
@@ -254,9 +256,15 @@ impl Dataplane {
         view
     }
 
-    /// Sockets the forwarder holds (leak checks in tests and `relayctl`).
+    /// Endpoints the forwarder serves for rules (leak checks in tests and
+    /// `relayctl`).
     pub fn bound_endpoints(&self) -> usize {
         self.forwarder.bound_endpoints()
+    }
+
+    /// Sockets the forwarder keeps bound for the next rule on their endpoint.
+    pub fn idle_sockets(&self) -> usize {
+        self.forwarder.idle_sockets()
     }
 
     /// The kernel's latch event ring buffer, for one reader.
