@@ -259,3 +259,101 @@ fn kernel_map(k: &[u64; COUNTERS]) -> BTreeMap<String, u64> {
         .map(|c| (c.as_str().to_string(), k[*c as usize]))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use relay_common::quality::rtp_arrived;
+
+    use super::*;
+    use crate::rule::{Path, Policy};
+
+    fn rule() -> Rule {
+        Rule {
+            id: 1,
+            local: "192.0.2.1:30000".parse().unwrap(),
+            policy: Policy::Strict,
+            peer: Some("192.0.2.10:4000".parse().unwrap()),
+            latch_window_ms: 0,
+            out_src: "198.51.100.1:40000".parse().unwrap(),
+            dst: "198.51.100.10:5000".parse().unwrap(),
+            path: Path::Forward,
+            rate_pps: 0,
+            burst: 0,
+            clock_rate: 8000,
+        }
+    }
+
+    /// A state that received `seqs` 20 ms apart, each arrival 2 ms late on
+    /// odd packets (|D| = 2 ms: J tends to 2 ms).
+    fn state(seqs: &[u16]) -> FlowState {
+        let mut s = FlowState::default();
+        for (i, &seq) in seqs.iter().enumerate() {
+            let late = if i % 2 == 1 { 2_000_000 } else { 0 };
+            let at = 1_000_000_000 + u64::from(seq) * 20_000_000 + late;
+            rtp_arrived(&mut s.quality, 8000, 9, seq, u32::from(seq) * 160, at);
+        }
+        s
+    }
+
+    fn stats(last_seen_ns: u64) -> FlowStats {
+        FlowStats {
+            packets: 1,
+            last_seen_ns,
+            ..FlowStats::default()
+        }
+    }
+
+    #[test]
+    fn quality_from_the_path_that_saw_more() {
+        let all: Vec<u16> = (0..200).filter(|s| s % 10 != 3).collect();
+        let kernel = state(&all);
+        let user = state(&all[..5]);
+        let now = 10_000_000_000;
+        let v = RuleView::new(rule(), None, Some(stats(now)), Some(stats(0)), now)
+            .with_quality(Some(&kernel), Some(&user));
+        let q = v.quality.unwrap();
+        assert_eq!(q.measured_by, "xdp");
+        assert_eq!((q.expected, q.received, q.lost), (200, 180, 20));
+        assert_eq!(q.loss_pct, 10.0);
+        assert_eq!(q.highest_seq, 199);
+        let j = q.jitter_ms.unwrap();
+        assert!((1.8..=2.0).contains(&j), "jitter {j} ms");
+        assert!(!q.silent);
+
+        // The forwarder alone (userspace mode, or a fallback rule).
+        let v = RuleView::new(rule(), None, None, Some(stats(now)), now)
+            .with_quality(None, Some(&user));
+        assert_eq!(v.quality.unwrap().measured_by, "userspace");
+    }
+
+    #[test]
+    fn silent_after_two_seconds_and_absent_without_rtp() {
+        let s = state(&[1, 2, 3]);
+        let seen = 5_000_000_000;
+        let view = |now| {
+            RuleView::new(rule(), None, Some(stats(seen)), None, now)
+                .with_quality(Some(&s), None)
+                .quality
+                .unwrap()
+        };
+        assert!(!view(seen + 1_999_000_000).silent);
+        assert!(view(seen + 2_000_000_000).silent);
+        let none = RuleView::new(rule(), None, Some(FlowStats::default()), None, seen)
+            .with_quality(Some(&FlowState::default()), Some(&FlowState::default()));
+        assert_eq!(none.quality, None);
+    }
+
+    #[test]
+    fn no_clock_rate_no_jitter_figure() {
+        let mut s = FlowState::default();
+        rtp_arrived(&mut s.quality, 0, 9, 1, 0, 1);
+        rtp_arrived(&mut s.quality, 0, 9, 2, 160, 3_000_000);
+        let mut r = rule();
+        r.clock_rate = 0;
+        let q = RuleView::new(r, None, None, None, 0)
+            .with_quality(Some(&s), None)
+            .quality
+            .unwrap();
+        assert_eq!((q.jitter_ms, q.clock_rate, q.received), (None, 0, 2));
+    }
+}
