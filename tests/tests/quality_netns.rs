@@ -402,3 +402,40 @@ fn quality_under_netem_xdp() {
 fn quality_under_netem_userspace() {
     scenario("userspace");
 }
+
+/// FlowRule and FlowState grew with the quality figures. Maps pinned by an
+/// older relayd (88-byte rules) must be refused with a message that says
+/// what to do, not with a verifier log.
+#[test]
+fn maps_pinned_with_the_old_layout_are_refused_clearly() {
+    if !relay_tests::require_root() {
+        return;
+    }
+    let mut t = Topology::new().expect("topology");
+    std::fs::create_dir_all(t.pin_path()).expect("pin directory");
+    let flows = t.pin_path().join("FLOWS");
+    relay_tests::netns::run_command(std::process::Command::new("bpftool").args([
+        "map",
+        "create",
+        &flows.to_string_lossy(),
+        "type",
+        "hash",
+        "key",
+        "20",
+        "value",
+        "88",
+        "entries",
+        "16",
+        "name",
+        "FLOWS",
+    ]))
+    .expect("bpftool map create");
+    let err = t
+        .start_relayd("xdp")
+        .expect_err("relayd must refuse maps of another layout");
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("another layout") && msg.contains("FLOWS values are 88 bytes"),
+        "{msg}"
+    );
+}
