@@ -391,6 +391,16 @@ fn scenario(mode: &str) {
     let json: serde_json::Value =
         serde_json::from_str(&relayctl_ok(&t, &["--json", "rules"])).unwrap();
     assert_eq!(json[0]["quality"]["silent"], true, "{json:#}");
+
+    // With relayd down, relayctl reads the kernel's figures from the pinned
+    // state (XDP mode only: the forwarder's die with relayd).
+    if mode == "xdp" {
+        t.stop_relayd().expect("stop relayd");
+        let json: serde_json::Value =
+            serde_json::from_str(&relayctl_ok(&t, &["--json", "rules"])).unwrap();
+        assert_eq!(json[0]["quality"]["received"], delivered, "{json:#}");
+        assert_eq!(json[0]["quality"]["measured_by"], "xdp", "{json:#}");
+    }
 }
 
 #[test]
