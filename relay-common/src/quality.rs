@@ -12,7 +12,7 @@
 //! - the extended highest sequence number (sequence wraps counted in
 //!   `cycles`), with A.1's `MAX_DROPOUT` / `MAX_MISORDER` rules: a jump of
 //!   3000 or more ahead is ignored unless the next packet confirms it (then
-//!   the sequence restarts), anything up to 100 behind is a late packet;
+//!   the sequence restarts), anything less than 100 behind is a late packet;
 //! - packets received (duplicates included, as in A.3), from which
 //!   expected = extended highest − base + 1 and lost = expected − received;
 //!   a late packet therefore cancels the loss its gap had counted, and
@@ -43,8 +43,8 @@
 
 /// RFC 3550 A.1: a jump this far ahead (or more) is not trusted at once.
 pub const MAX_DROPOUT: u16 = 3000;
-/// RFC 3550 A.1: up to this far behind the highest sequence number, a packet
-/// is a late (reordered) one rather than a restart.
+/// RFC 3550 A.1: less than this far behind the highest sequence number, a
+/// packet is a late (reordered) one rather than a jump.
 pub const MAX_MISORDER: u16 = 100;
 /// `bad_seq` value that no 16-bit sequence number matches.
 const NO_BAD_SEQ: u32 = 1 << 16 | 1;
