@@ -13,6 +13,7 @@
 
 pub mod csum;
 pub mod policy;
+pub mod quality;
 
 /// A 16-byte IP address; IPv4 is stored IPv4-mapped (`::ffff:a.b.c.d`).
 pub type Addr = [u8; 16];
@@ -131,6 +132,10 @@ pub struct FlowRule {
     pub action: u8,
     /// [`SourcePolicy`] as u8.
     pub policy: u8,
+    /// RTP clock rate of the stream (Hz), for the jitter figure; 0 = not RTP
+    /// or unknown (sequence figures are still kept).
+    pub clock_rate: u32,
+    pub _reserved: [u8; 4],
 }
 
 /// Per-rule state written by the data plane (the `FLOW_STATE` map value).
@@ -150,6 +155,25 @@ pub struct FlowState {
     pub _pad: u8,
     /// Locked SSRC (`Latch` policy).
     pub ssrc: u32,
+    /// RTP reception quality ([`quality`]). Kept here, next to the source
+    /// lock, because its arithmetic is sequential (each packet's figures
+    /// depend on the previous packet of the flow), which a per-CPU map would
+    /// split into per-CPU subsequences, and because the program already has
+    /// this entry in hand: no extra map lookup per packet.
+    pub quality: quality::RtpQuality,
+}
+
+impl FlowState {
+    /// The state of a new rule: nothing learned, nothing measured.
+    pub const ZERO: FlowState = FlowState {
+        tat_ns: 0,
+        src_addr: [0; 16],
+        src_port: [0; 2],
+        locked: 0,
+        _pad: 0,
+        ssrc: 0,
+        quality: quality::RtpQuality::ZERO,
+    };
 }
 
 /// Why a packet aimed at the relay was dropped (or would have been).
@@ -342,8 +366,8 @@ pub mod maps {
 // Layout guards: the kernel and userspace must agree on these sizes, and none
 // of the types may carry implicit padding.
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 20);
-const _: () = assert!(core::mem::size_of::<FlowRule>() == 88);
-const _: () = assert!(core::mem::size_of::<FlowState>() == 32);
+const _: () = assert!(core::mem::size_of::<FlowRule>() == 96);
+const _: () = assert!(core::mem::size_of::<FlowState>() == 32 + 80);
 const _: () = assert!(core::mem::size_of::<FlowStats>() == 32 + 8 * DROP_REASONS);
 const _: () = assert!(core::mem::size_of::<LatchEvent>() == 64);
 const _: () = assert!(core::mem::size_of::<PortRange>() == 4);

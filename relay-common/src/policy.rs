@@ -18,16 +18,19 @@ pub fn check_rtp(payload_len: usize, first_byte: u8) -> Result<(), DropReason> {
     Ok(())
 }
 
+/// True for RTCP (second byte 192..=223, RFC 5761 section 4): the sender's
+/// SSRC sits at offset 4 and there is no sequence number to account.
+#[inline(always)]
+pub fn is_rtcp(second_byte: u8) -> bool {
+    (192..=223).contains(&second_byte)
+}
+
 /// Where the sender's SSRC sits: RTCP packets (second byte 192..=223, the range
 /// RFC 5761 section 4 reserves for RTCP when it shares a port with RTP) carry it
 /// at offset 4, RTP at offset 8.
 #[inline(always)]
 pub fn ssrc_offset(second_byte: u8) -> usize {
-    if (192..=223).contains(&second_byte) {
-        4
-    } else {
-        8
-    }
+    if is_rtcp(second_byte) { 4 } else { 8 }
 }
 
 /// Compares addresses as two 64-bit words: a plain `==` on arrays may become a
@@ -162,6 +165,8 @@ mod tests {
             dst_port: 5000u16.to_be_bytes(),
             action: Action::Forward as u8,
             policy: policy as u8,
+            clock_rate: 8000,
+            _reserved: [0; 4],
         }
     }
 

@@ -14,7 +14,12 @@
 #![no_std]
 #![no_main]
 // The verifier rejects any path into a panic: forbid what produces one.
-#![deny(clippy::indexing_slicing, clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+#![deny(
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
 
 mod access;
 
@@ -33,6 +38,7 @@ use relay_common::{
     csum::Incremental,
     maps::{MAX_FLOWS, USER_PORT_WORDS},
     policy::{self, SourceCheck},
+    quality,
 };
 
 /// Flow rules by receiving relay endpoint. Written by userspace only.
@@ -67,6 +73,13 @@ static EGRESS: DevMapHash = DevMapHash::pinned(64, 0);
 /// it never fails for lack of memory.
 #[map(name = "USER_PORTS")]
 static USER_PORTS: Array<u64> = Array::pinned(USER_PORT_WORDS, 0);
+
+/// The FIB lookup's 64-byte parameter block, one per CPU: on the stack it
+/// left too little of the 512 bytes for the quality update. A per-CPU array
+/// lookup is inlined by the verifier (no hashing). Pinned only because every
+/// map of the object is.
+#[map(name = "FIB_SCRATCH")]
+static FIB_SCRATCH: PerCpuArray<FibParams> = PerCpuArray::pinned(1, 0);
 
 /// Latch events for userspace.
 #[map(name = "EVENTS")]
@@ -202,12 +215,22 @@ fn parse(ctx: &XdpContext) -> Result<Option<Udp>, DropReason> {
         }
         let ihl = (vihl & 0x0f) as usize * 4;
         let tot_len = u16::from_be_bytes(tot);
-        if ihl < 20 || (tot_len as usize) < ihl + UDP_HLEN || l3 + tot_len as usize > frame_len
-        {
+        if ihl < 20 || (tot_len as usize) < ihl + UDP_HLEN || l3 + tot_len as usize > frame_len {
             return Err(DropReason::Malformed);
         }
         let src = addr_from_v4(src4);
-        udp_part(ctx, range, true, vlan, l3, l3 + ihl, src, dst, tot_len, tot_len as usize - ihl)
+        udp_part(
+            ctx,
+            range,
+            true,
+            vlan,
+            l3,
+            l3 + ihl,
+            src,
+            dst,
+            tot_len,
+            tot_len as usize - ihl,
+        )
     } else if ethertype == ETH_P_IPV6 {
         let Some(vtc) = read::<u8>(ctx, l3) else {
             return Ok(None);
@@ -244,7 +267,18 @@ fn parse(ctx: &XdpContext) -> Result<Option<Udp>, DropReason> {
             return Err(DropReason::Malformed);
         }
         let ip_len = (plen + IPV6_HLEN) as u16;
-        udp_part(ctx, range, false, vlan, l3, l3 + IPV6_HLEN, src, dst, ip_len, plen)
+        udp_part(
+            ctx,
+            range,
+            false,
+            vlan,
+            l3,
+            l3 + IPV6_HLEN,
+            src,
+            dst,
+            ip_len,
+            plen,
+        )
     } else {
         Ok(None)
     }
@@ -310,7 +344,14 @@ fn relay_packet(ctx: &XdpContext, udp: &Udp) -> Verdict {
         return Verdict::Drop(DropReason::NoFlow);
     };
     let stats = FLOW_STATS.get_ptr_mut(&key);
-    let verdict = check_and_forward(ctx, udp, &key, rule);
+    // One clock read per packet serves the policy, the quality figures and
+    // last-seen.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let mut accepted: Option<*mut FlowState> = None;
+    let verdict = check_and_forward(ctx, udp, &key, rule, now, &mut accepted);
+    if let Some(state) = accepted {
+        measure(ctx, udp, rule, state, now);
+    }
     if let Some(stats) = stats {
         // SAFETY: per-CPU value, only this CPU writes it while we run.
         let stats = unsafe { &mut *stats };
@@ -323,11 +364,11 @@ fn relay_packet(ctx: &XdpContext, udp: &Udp) -> Verdict {
             Verdict::Up(Counter::ToUserspace) | Verdict::Sent(..) => {
                 stats.packets += 1;
                 stats.bytes += udp.payload_len as u64;
-                stats.last_seen_ns = unsafe { bpf_ktime_get_ns() };
+                stats.last_seen_ns = now;
             }
             Verdict::Up(_) => {
                 stats.passed_up += 1;
-                stats.last_seen_ns = unsafe { bpf_ktime_get_ns() };
+                stats.last_seen_ns = now;
             }
             Verdict::Pass => {}
         }
@@ -342,8 +383,17 @@ fn userspace_owns(port: u16) -> bool {
         .is_some_and(|word| word & (1u64 << (port % 64)) != 0)
 }
 
+/// `accepted` is set to the rule's state once the packet passed every check
+/// (whatever path it then takes).
 #[inline(always)]
-fn check_and_forward(ctx: &XdpContext, udp: &Udp, key: &FlowKey, rule: &FlowRule) -> Verdict {
+fn check_and_forward(
+    ctx: &XdpContext,
+    udp: &Udp,
+    key: &FlowKey,
+    rule: &FlowRule,
+    now: u64,
+    accepted: &mut Option<*mut FlowState>,
+) -> Verdict {
     let action = Action::from_u8(rule.action);
     if action == Some(Action::Block) || action.is_none() {
         return Verdict::Drop(DropReason::Blocked);
@@ -362,11 +412,13 @@ fn check_and_forward(ctx: &XdpContext, udp: &Udp, key: &FlowKey, rule: &FlowRule
     let Some(state) = flow_state(key) else {
         return Verdict::Up(Counter::OtherPass);
     };
-    // SAFETY: a flow's packets arrive on one RX queue (same 5-tuple hash), so
-    // two CPUs rarely race on one state; a lost update costs a token or a
-    // repeated latch event, never safety.
+    // SAFETY: a flow's packets arrive on one RX queue (same 5-tuple hash),
+    // and one queue's NAPI poll runs on one CPU at a time, so two CPUs race
+    // on one state only when a flow is spread over queues; a lost update
+    // costs a token, a repeated latch event or a miscounted quality sample,
+    // never safety.
+    let state_ptr = state;
     let state = unsafe { &mut *state };
-    let now = unsafe { bpf_ktime_get_ns() };
     match policy::check_source(rule, state, &udp.src, udp.sport, ssrc, now) {
         Err(reason) => return Verdict::Drop(reason),
         Ok(SourceCheck::Latched) => report_latch(rule, key, state, now),
@@ -375,19 +427,50 @@ fn check_and_forward(ctx: &XdpContext, udp: &Udp, key: &FlowKey, rule: &FlowRule
     if let Err(reason) = policy::check_rate(rule, state, now) {
         return Verdict::Drop(reason);
     }
+    *accepted = Some(state_ptr);
     if action == Some(Action::Userspace) {
         return Verdict::Up(Counter::ToUserspace);
     }
     forward(ctx, udp, rule)
 }
 
+/// RTP quality of an accepted packet, whichever path it took (packets
+/// handed to userspace are measured here too; see `FlowState::quality` for
+/// why the state is shared rather than per CPU). Done after the verdict, with
+/// the header read again (the rewrite leaves the RTP header alone), where
+/// few other values are live: inside the checks, its registers and theirs
+/// spilled past the 512-byte stack.
+#[inline(always)]
+fn measure(ctx: &XdpContext, udp: &Udp, rule: &FlowRule, state: *mut FlowState, now: u64) {
+    let Some(rtp) = read::<[u8; 12]>(ctx, udp.l4 + UDP_HLEN) else {
+        return;
+    };
+    if policy::is_rtcp(rtp[1]) {
+        return;
+    }
+    // SAFETY: as in check_and_forward.
+    let q = unsafe { &mut (*state).quality };
+    quality::rtp_arrived(
+        q,
+        rule.clock_rate,
+        u32::from_be_bytes([rtp[8], rtp[9], rtp[10], rtp[11]]),
+        u16::from_be_bytes([rtp[2], rtp[3]]),
+        u32::from_be_bytes([rtp[4], rtp[5], rtp[6], rtp[7]]),
+        now,
+    );
+}
+
+static ZERO_STATE: FlowState = FlowState::ZERO;
+
 #[inline(always)]
 fn flow_state(key: &FlowKey) -> Option<*mut FlowState> {
     if let Some(s) = FLOW_STATE.get_ptr_mut(key) {
         return Some(s);
     }
-    // Userspace creates the state with the rule; recreate it if it went missing.
-    let _ = FLOW_STATE.insert(key, &FlowState::default(), BPF_NOEXIST as u64);
+    // Userspace creates the state with the rule; recreate it if it went
+    // missing. The zeroed value comes from a static: a FlowState built on
+    // the stack would take 112 of the program's 512 bytes.
+    let _ = FLOW_STATE.insert(key, &ZERO_STATE, BPF_NOEXIST as u64);
     FLOW_STATE.get_ptr_mut(key)
 }
 
@@ -421,8 +504,15 @@ fn forward(ctx: &XdpContext, udp: &Udp, rule: &FlowRule) -> Verdict {
         return Verdict::Up(Counter::OtherPass);
     }
     let ingress = ctx.ingress_ifindex() as u32;
-    // SAFETY: an all-zero bpf_fib_lookup is a valid input.
-    let mut fib: FibParams = unsafe { core::mem::zeroed() };
+    let Some(fib) = FIB_SCRATCH.get_ptr_mut(0) else {
+        return Verdict::Up(Counter::OtherPass);
+    };
+    // SAFETY: per-CPU slot, nothing else on this CPU uses it while we run;
+    // an all-zero bpf_fib_lookup is a valid input.
+    let fib = unsafe {
+        core::ptr::write_bytes(fib, 0, 1);
+        &mut *fib
+    };
     fib.l4_protocol = IPPROTO_UDP;
     fib.sport = u16::from_ne_bytes(rule.out_src_port);
     fib.dport = u16::from_ne_bytes(rule.dst_port);
@@ -442,7 +532,7 @@ fn forward(ctx: &XdpContext, udp: &Udp, rule: &FlowRule) -> Verdict {
     let rc = unsafe {
         bpf_fib_lookup(
             ctx.as_ptr(),
-            &mut fib,
+            fib as *mut FibParams,
             core::mem::size_of::<FibParams>() as i32,
             0,
         )

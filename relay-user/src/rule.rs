@@ -60,6 +60,11 @@ pub struct Rule {
     /// Packets allowed back to back above the rate.
     #[serde(default)]
     pub burst: u32,
+    /// RTP clock rate of the stream in Hz, for the jitter figure (from the
+    /// SDP for call rules); 0 = not RTP or unknown: no jitter. Absent in
+    /// rules written before it existed, which read as 0.
+    #[serde(default)]
+    pub clock_rate: u32,
 }
 
 fn default_latch_window_ms() -> u64 {
@@ -139,6 +144,8 @@ impl Rule {
                 Policy::Restricted => SourcePolicy::Restricted,
                 Policy::Latch => SourcePolicy::Latch,
             } as u8,
+            clock_rate: self.clock_rate,
+            _reserved: [0; 4],
         }
     }
 
@@ -173,6 +180,7 @@ impl Rule {
             path,
             rate_pps,
             burst,
+            clock_rate: r.clock_rate,
         })
     }
 }
@@ -224,6 +232,7 @@ mod tests {
             path: Path::Forward,
             rate_pps: 100,
             burst: 10,
+            clock_rate: 8000,
         }
     }
 
@@ -241,6 +250,15 @@ mod tests {
                 ..r
             }
         );
+    }
+
+    #[test]
+    fn json_without_clock_rate_reads_as_unknown() {
+        let json = r#"{"local":"192.0.2.1:30000","policy":"strict","peer":"192.0.2.10:4000",
+            "out_src":"198.51.100.1:30002","dst":"198.51.100.10:5000","path":"forward"}"#;
+        let r: Rule = serde_json::from_str(json).unwrap();
+        assert_eq!(r.clock_rate, 0);
+        assert_eq!(r.to_kernel(0).clock_rate, 0);
     }
 
     #[test]

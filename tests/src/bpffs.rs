@@ -45,6 +45,10 @@ impl BpfFs {
     /// descriptors hold them); only the name goes. (A fresh bpffs may also
     /// hold the kernel's own `maps.debug` and `progs.debug`, which stay.)
     pub fn unpin(&self, name: &str) -> io::Result<()> {
+        // Global data (`.rodata`, `.bss`) is a map aya never pins.
+        if name.starts_with('.') {
+            return Ok(());
+        }
         fs::remove_file(self.path.join(name))
     }
 }

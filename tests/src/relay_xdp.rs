@@ -268,7 +268,8 @@ pub fn flow_key(endpoint: SocketAddr) -> FlowKey {
 }
 
 /// A rule: packets from `peer` (as `policy` allows) to the relay endpoint go
-/// out from `out_src` to `dst`. No latch window, no rate limit.
+/// out from `out_src` to `dst`. No latch window, no rate limit, an 8 kHz
+/// RTP clock.
 pub fn flow_rule(
     id: u64,
     action: Action,
@@ -290,5 +291,8 @@ pub fn flow_rule(
         dst_port: dst.port().to_be_bytes(),
         action: action as u8,
         policy: policy as u8,
+        // G.711, what `frames::rtp` builds.
+        clock_rate: 8000,
+        _reserved: [0; 4],
     }
 }

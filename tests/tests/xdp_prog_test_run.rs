@@ -22,7 +22,7 @@ use std::{
 
 use anyhow::Result;
 use relay_common::{
-    Action, COUNTERS, Counter, DROP_REASONS, DropReason, FlowKey, FlowRule, FlowStats,
+    Action, COUNTERS, Counter, DROP_REASONS, DropReason, FlowKey, FlowRule, FlowState, FlowStats,
     SourcePolicy, policy::rate_params,
 };
 use relay_tests::{
@@ -831,7 +831,9 @@ fn latch_learns_source_and_ssrc_then_locks() -> Result<()> {
         },
     );
     assert_eq!(relay.latch_events()?, [], "latched once only");
-    assert_eq!(relay.flow_state(&key)?, state, "the lock holds");
+    // The lock holds (the quality figures in the same state move on).
+    let lock = |s: FlowState| (s.locked, s.src_addr, s.src_port, s.ssrc);
+    assert_eq!(lock(relay.flow_state(&key)?), lock(state), "the lock holds");
     Ok(())
 }
 
@@ -1431,5 +1433,168 @@ fn ipv6_with_ipv4_mapped_addresses_is_not_an_ipv4_flow() -> Result<()> {
         "an IPv6 packet latched an IPv4 rule"
     );
     assert_eq!(relay.latch_events()?, []);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// RTP quality (relay_common::quality run by the program). `userspace` rules:
+// accepted packets are measured whatever path they then take, and passing
+// them up needs no forwarding namespace.
+
+/// An RTP packet (PCMU, 172 bytes) with this SSRC, sequence number and timestamp.
+fn rtp_packet(ssrc: u32, seq: u16, ts: u32) -> Vec<u8> {
+    let mut p = rtp(ssrc, seq, 12 + 160);
+    p[4..8].copy_from_slice(&ts.to_be_bytes());
+    p
+}
+
+/// Loads the program with a `userspace` rule at [`endpoint`] whose clock
+/// rate is `clock_rate`.
+fn quality_relay(clock_rate: u32) -> Result<(RelayXdp, FlowKey)> {
+    let mut relay = load()?;
+    let key = flow_key(endpoint());
+    let mut rule = strict_rule(Action::Userspace);
+    rule.clock_rate = clock_rate;
+    relay.add_rule(key, &rule)?;
+    Ok((relay, key))
+}
+
+/// Sends one RTP packet per (ssrc, seq, ts), each accepted and passed up.
+fn send_rtp(relay: &RelayXdp, packets: &[(u32, u16, u32)]) {
+    for &(ssrc, seq, ts) in packets {
+        let frame = UdpFrame::new(caller(), endpoint(), rtp_packet(ssrc, seq, ts)).build();
+        run_expect(relay, &frame, None, action::PASS);
+    }
+}
+
+/// Sequence numbers with SSRC and 160-sample timestamps.
+fn seqs(list: &[u16]) -> Vec<(u32, u16, u32)> {
+    list.iter()
+        .map(|&s| (SSRC, s, u32::from(s).wrapping_mul(160)))
+        .collect()
+}
+
+/// (expected, received, lost, out_of_order, extended highest)
+fn seq_figures(relay: &RelayXdp, key: &FlowKey) -> (u64, u64, i64, u32, u64) {
+    let q = relay.flow_state(key).expect("FLOW_STATE").quality;
+    (
+        q.expected(),
+        q.total_received(),
+        q.lost(),
+        q.out_of_order,
+        q.extended_max(),
+    )
+}
+
+#[test]
+fn quality_in_order() -> Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let (relay, key) = quality_relay(8000)?;
+    send_rtp(&relay, &seqs(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]));
+    assert_eq!(seq_figures(&relay, &key), (10, 10, 0, 0, 10));
+    let q = relay.flow_state(&key)?.quality;
+    assert_eq!((q.ssrc, q.ssrc_changes, q.base_seq), (SSRC, 0, 1));
+    // RTCP on the same rule (rtcp-mux) is accepted but not counted.
+    let rtcp = UdpFrame::new(caller(), endpoint(), rtcp_rr(SSRC, 8)).build();
+    run_expect(&relay, &rtcp, None, action::PASS);
+    assert_eq!(seq_figures(&relay, &key), (10, 10, 0, 0, 10));
+    assert_counters(&relay, &[(Counter::ToUserspace, 11)]);
+    Ok(())
+}
+
+#[test]
+fn quality_gap_counts_loss() -> Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let (relay, key) = quality_relay(8000)?;
+    send_rtp(&relay, &seqs(&[1, 2, 3, 7, 8]));
+    assert_eq!(seq_figures(&relay, &key), (8, 5, 3, 0, 8));
+    Ok(())
+}
+
+/// RFC 3550 semantics: a late packet is received, so the loss its gap counted
+/// goes away when it arrives; it is counted as out of order.
+#[test]
+fn quality_reordering() -> Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let (relay, key) = quality_relay(8000)?;
+    send_rtp(&relay, &seqs(&[1, 2, 4]));
+    assert_eq!(seq_figures(&relay, &key), (4, 3, 1, 0, 4));
+    send_rtp(&relay, &seqs(&[3, 5]));
+    assert_eq!(seq_figures(&relay, &key), (5, 5, 0, 1, 5));
+    // Packets dropped by the policy are not the stream's: no effect.
+    let stranger = UdpFrame::new(sa(STRANGER, 4000), endpoint(), rtp_packet(SSRC, 9, 0));
+    run_expect(&relay, &stranger.build(), None, action::DROP);
+    assert_eq!(seq_figures(&relay, &key), (5, 5, 0, 1, 5));
+    Ok(())
+}
+
+#[test]
+fn quality_sequence_wrap_counts_cycles() -> Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let (relay, key) = quality_relay(8000)?;
+    send_rtp(&relay, &seqs(&[65533, 65534, 65535, 0, 2]));
+    assert_eq!(seq_figures(&relay, &key), (6, 5, 1, 0, 65536 + 2));
+    assert_eq!(relay.flow_state(&key)?.quality.cycles, 1);
+    Ok(())
+}
+
+#[test]
+fn quality_ssrc_change_restarts_the_sequence() -> Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let (relay, key) = quality_relay(8000)?;
+    send_rtp(&relay, &seqs(&[1, 2, 4]));
+    let other = SSRC ^ 0xffff;
+    send_rtp(
+        &relay,
+        &[(other, 500, 0), (other, 501, 160), (other, 503, 480)],
+    );
+    let q = relay.flow_state(&key)?.quality;
+    assert_eq!((q.ssrc, q.ssrc_changes, q.base_seq), (other, 1, 500));
+    // 4 expected of the first SSRC (1 lost), 4 of the second (1 lost).
+    assert_eq!(seq_figures(&relay, &key), (8, 6, 2, 0, 503));
+    Ok(())
+}
+
+/// Back-to-back packets whose timestamps advance 1 s each: every transit
+/// difference D is 8000 units at 8 kHz (less the few µs between two test
+/// runs), so after n packets J = 8000 (1 − (15/16)^(n−1)) (RFC 3550 A.8).
+/// With clock rate 0 the same packets give no jitter.
+#[test]
+fn quality_jitter_and_clock_rate_zero() -> Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let packets: Vec<(u32, u16, u32)> =
+        (0..10u16).map(|i| (SSRC, i, u32::from(i) * 8000)).collect();
+    let (relay, key) = quality_relay(8000)?;
+    let start = monotonic_ns();
+    send_rtp(&relay, &packets);
+    let elapsed_units = (monotonic_ns() - start) as f64 * 8000.0 / 1e9;
+    let q = relay.flow_state(&key)?.quality;
+    let j = q.jitter_q8 as f64 / 256.0;
+    let ideal = 8000.0 * (1.0 - (15.0f64 / 16.0).powi(9));
+    // Every |D| lies in [8000 − (whole run in units), 8000]; J follows.
+    let low = (8000.0 - elapsed_units) * (1.0 - (15.0f64 / 16.0).powi(9));
+    assert!(
+        (low - 1.0..=ideal + 1.0).contains(&j),
+        "J = {j} units, expected {low:.1}..={ideal:.1}"
+    );
+    assert_eq!(q.rate, 8000);
+
+    let (relay, key) = quality_relay(0)?;
+    send_rtp(&relay, &packets);
+    let q = relay.flow_state(&key)?.quality;
+    assert_eq!((q.jitter_q8, q.rate), (0, 0), "no clock rate, no jitter");
+    assert_eq!(seq_figures(&relay, &key), (10, 10, 0, 0, 9));
     Ok(())
 }

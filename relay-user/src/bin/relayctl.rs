@@ -80,6 +80,10 @@ enum RuleCommand {
         /// Burst above the rate, packets.
         #[arg(long, default_value_t = 0)]
         burst: u32,
+        /// RTP clock rate in Hz for the jitter figure (8000 for G.711,
+        /// 48000 for Opus, 90000 for video); 0 = no jitter.
+        #[arg(long, default_value_t = 0)]
+        clock_rate: u32,
     },
     /// Show one rule.
     Show { local: SocketAddr },
@@ -192,6 +196,7 @@ fn run(args: &Args) -> Result<()> {
             latch_window_ms,
             rate,
             burst,
+            clock_rate,
         }) => {
             let rule = Rule {
                 id: 0,
@@ -204,6 +209,7 @@ fn run(args: &Args) -> Result<()> {
                 path: *path,
                 rate_pps: *rate,
                 burst: *burst,
+                clock_rate: *clock_rate,
             };
             let v = call(args, &Request::AddRule { rule })?;
             if args.json {
@@ -242,7 +248,7 @@ fn print_value(args: &Args, v: serde_json::Value) -> Result<()> {
 
 fn print_rules(views: &[RuleView]) {
     println!(
-        "{:>5}  {:<22} {:<10} {:<22} {:<22} {:<9} {:>10} {:>12} {:>9} {:>8}",
+        "{:>5}  {:<22} {:<10} {:<22} {:<22} {:<9} {:>10} {:>12} {:>9} {:>8} {:>6} {:>7}",
         "ID",
         "LOCAL",
         "POLICY",
@@ -252,7 +258,9 @@ fn print_rules(views: &[RuleView]) {
         "PACKETS",
         "BYTES",
         "DROPS",
-        "IDLE"
+        "IDLE",
+        "LOSS%",
+        "JITTER"
     );
     for v in views {
         let r = &v.rule;
@@ -274,8 +282,18 @@ fn print_rules(views: &[RuleView]) {
             .filter_map(|s| s.idle_ms)
             .min()
             .map_or("-".to_string(), |ms| format!("{:.1}s", ms as f64 / 1000.0));
+        let q = v.quality.as_ref();
+        // A silent flow is flagged where its idle time is shown.
+        let idle = match q {
+            Some(q) if q.silent => format!("{idle}!"),
+            _ => idle,
+        };
+        let loss = q.map_or("-".to_string(), |q| format!("{:.1}", q.loss_pct));
+        let jitter = q
+            .and_then(|q| q.jitter_ms)
+            .map_or("-".to_string(), |ms| format!("{ms:.1}ms"));
         println!(
-            "{:>5}  {:<22} {:<10} {:<22} {:<22} {:<9} {:>10} {:>12} {:>9} {:>8}",
+            "{:>5}  {:<22} {:<10} {:<22} {:<22} {:<9} {:>10} {:>12} {:>9} {:>8} {:>6} {:>7}",
             r.id,
             r.local.to_string(),
             format!("{:?}", r.policy).to_lowercase(),
@@ -285,7 +303,9 @@ fn print_rules(views: &[RuleView]) {
             v.packets(),
             bytes,
             drops,
-            idle
+            idle,
+            loss,
+            jitter
         );
     }
     if views.is_empty() {

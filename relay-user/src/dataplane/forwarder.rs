@@ -29,6 +29,7 @@ use anyhow::{Context, Result};
 use relay_common::{
     DROP_REASONS, DropReason, FlowRule, FlowState, FlowStats,
     policy::{self, SourceCheck},
+    quality,
 };
 use tokio::{net::UdpSocket, sync::mpsc, task::JoinHandle};
 use tracing::debug;
@@ -347,6 +348,18 @@ fn check(
         now,
     )? == SourceCheck::Latched;
     policy::check_rate(&entry.kernel, &mut entry.state, now)?;
+    // RTP quality with the XDP program's code (check_rtp vouched for the
+    // 12-byte header).
+    if !policy::is_rtcp(second) {
+        quality::rtp_arrived(
+            &mut entry.state.quality,
+            entry.kernel.clock_rate,
+            ssrc,
+            u16::from_be_bytes([payload[2], payload[3]]),
+            u32::from_be_bytes([payload[4], payload[5], payload[6], payload[7]]),
+            now,
+        );
+    }
     Ok(latched)
 }
 

@@ -38,6 +38,7 @@ impl Kernel {
         attach: AttachMode,
     ) -> Result<Self> {
         ensure_bpffs(pin_path)?;
+        check_pinned_layout(pin_path)?;
         let object = ebpf::relay_object()?;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_path)
@@ -133,6 +134,37 @@ impl Kernel {
             }
         }
     }
+}
+
+/// aya reuses a pinned map whatever its layout, and the verifier then
+/// refuses the program with an obscure message. Maps left by a relayd whose
+/// rule or state layout differs (before per-flow quality, FlowRule was 88
+/// bytes and FlowState 32) are reported here in plain words instead.
+fn check_pinned_layout(pin_path: &Path) -> Result<()> {
+    use relay_common::{FlowRule, FlowState};
+    for (name, want) in [
+        (names::FLOWS, size_of::<FlowRule>()),
+        (names::FLOW_STATE, size_of::<FlowState>()),
+    ] {
+        let path = pin_path.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let found = MapData::from_pin(&path)
+            .and_then(|m| m.info())
+            .map(|i| i.value_size() as usize)
+            .with_context(|| format!("reading the pinned map {}", path.display()))?;
+        if found != want {
+            bail!(
+                "the maps pinned at {} were left by a relayd with another layout ({name} values \
+                 are {found} bytes, this relayd's are {want}): stop that relayd and remove the \
+                 directory; call rules come back with the next offer/answer, static rules must \
+                 be added again",
+                pin_path.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 fn attach_one(program: &mut Xdp, device: &str, mode: AttachMode) -> Result<XdpLinkId> {

@@ -25,7 +25,7 @@ use crate::{
 };
 use forwarder::Forwarder;
 use kernel::Kernel;
-pub use view::{CountersView, RuleView};
+pub use view::{CountersView, QualityView, RuleView};
 
 /// A source learned by a rule, from either path.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -231,6 +231,7 @@ impl Dataplane {
             Some(self.forwarder.stats(rule.local)),
             now,
         )
+        .with_quality(kstate.as_ref(), ustate.as_ref())
     }
 
     /// CLOCK_MONOTONIC ns of the last packet accepted on `local`, either path.
@@ -315,13 +316,11 @@ pub fn views_from_maps(maps: &maps::FlowMaps) -> Vec<RuleView> {
         .filter_map(|(key, krule): (FlowKey, _)| {
             let rule = Rule::from_kernel(&key, &krule)?;
             let stats: FlowStats = maps.stats(&key);
-            Some(RuleView::new(
-                rule,
-                maps.state(&key),
-                Some(stats),
-                None,
-                now,
-            ))
+            let state = maps.state(&key);
+            Some(
+                RuleView::new(rule, state, Some(stats), None, now)
+                    .with_quality(state.as_ref(), None),
+            )
         })
         .collect();
     out.sort_by_key(|v| v.rule.local);

@@ -30,6 +30,9 @@ pub struct Side {
     pub rtcp_mux: bool,
     /// Port 0 in the peer's SDP.
     pub rejected: bool,
+    /// The formats of the peer's m= line, in its order of preference, with
+    /// their RTP clock rates.
+    pub formats: Vec<(String, u32)>,
 }
 
 impl Side {
@@ -42,6 +45,7 @@ impl Side {
             hold_addr: false,
             rtcp_mux: false,
             rejected: false,
+            formats: Vec::new(),
         }
     }
 
@@ -121,19 +125,30 @@ impl Call {
         } else {
             in_leg.policy
         };
-        let rule = |local_port: u16, peer: SocketAddr, out_port: u16, dst: SocketAddr| Rule {
-            id: 0,
-            local: SocketAddr::new(in_leg.address, local_port),
-            policy,
-            peer: (policy != Policy::Latch).then_some(peer),
-            latch_window_ms: 30_000,
-            out_src: SocketAddr::new(out_leg.address, out_port),
-            dst,
-            path,
-            rate_pps: 0,
-            burst: 0,
-        };
-        let mut rules = vec![rule(src.relay_port, peer_rtp, dst.relay_port, dst_rtp)];
+        let rtp_clock = clock_rate(src, dst);
+        let rule =
+            |local_port: u16, peer: SocketAddr, out_port: u16, dst: SocketAddr, clock_rate: u32| {
+                Rule {
+                    id: 0,
+                    local: SocketAddr::new(in_leg.address, local_port),
+                    policy,
+                    peer: (policy != Policy::Latch).then_some(peer),
+                    latch_window_ms: 30_000,
+                    out_src: SocketAddr::new(out_leg.address, out_port),
+                    dst,
+                    path,
+                    rate_pps: 0,
+                    burst: 0,
+                    clock_rate,
+                }
+            };
+        let mut rules = vec![rule(
+            src.relay_port,
+            peer_rtp,
+            dst.relay_port,
+            dst_rtp,
+            rtp_clock,
+        )];
         let mux = src.rtcp_mux && dst.rtcp_mux;
         if !mux && let (Some(peer_rtcp), Some(dst_rtcp)) = (src.peer_rtcp, dst.peer_rtcp) {
             rules.push(rule(
@@ -141,6 +156,8 @@ impl Call {
                 peer_rtcp,
                 dst.relay_port + 1,
                 dst_rtcp,
+                // RTCP carries no media: no jitter to measure.
+                0,
             ));
         }
         Some(rules)
@@ -180,6 +197,19 @@ impl Call {
                 .collect(),
         }
     }
+}
+
+/// The RTP clock rate of what `src`'s peer sends to `dst`'s peer. A sender
+/// uses formats from the receiver's list (RFC 3264), in practice the first
+/// the two lists share, which is the negotiated codec for both directions;
+/// failing a common one, the receiver's first, then the sender's first.
+fn clock_rate(src: &Side, dst: &Side) -> u32 {
+    dst.formats
+        .iter()
+        .find(|(pt, _)| src.formats.iter().any(|(p, _)| p == pt))
+        .or(dst.formats.first())
+        .or(src.formats.first())
+        .map_or(0, |(_, rate)| *rate)
 }
 
 /// What `query` and the control socket show of a call.

@@ -214,7 +214,11 @@ impl MediaCore {
         }
         let call = self.calls.get_mut(o.call_id).expect("checked above");
         for m in media {
-            update_side(&mut call.streams[m.index].sides[from], m);
+            update_side(
+                &mut call.streams[m.index].sides[from],
+                m,
+                parsed.format_clock_rates(m),
+            );
         }
         call.pending_offer = Some(from);
         call.last_offerer = from;
@@ -273,7 +277,11 @@ impl MediaCore {
             call.legs[answerer].policy = p;
         }
         for m in &media {
-            update_side(&mut call.streams[m.index].sides[answerer], m);
+            update_side(
+                &mut call.streams[m.index].sides[answerer],
+                m,
+                parsed.format_clock_rates(m),
+            );
         }
         call.pending_offer = None;
         call.answered = true;
@@ -446,8 +454,9 @@ fn leg_of(call: &Call, tag: &str) -> Option<usize> {
 }
 
 /// Records what a leg's SDP says about one stream.
-fn update_side(side: &mut Side, m: &sdp::Media) {
+fn update_side(side: &mut Side, m: &sdp::Media, formats: Vec<(String, u32)>) {
     side.rejected = m.port == 0;
+    side.formats = formats;
     side.direction = m.direction;
     side.rtcp_mux = m.rtcp_mux;
     let Some(addr) = m.connection else {

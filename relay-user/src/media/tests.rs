@@ -347,3 +347,45 @@ fn silent_calls_expire() {
     // A packet 10 s ago keeps it up.
     assert!(core.expired(100 * sec, |_| Some(90 * sec)).is_empty());
 }
+
+/// An SDP whose m=audio line lists `formats` with these rtpmap lines.
+fn sdp_formats(addr: &str, port: u16, formats: &str, rtpmaps: &str) -> String {
+    format!(
+        "v=0\r\no=- 1 1 IN IP4 {addr}\r\ns=-\r\nc=IN IP4 {addr}\r\nt=0 0\r\n\
+         m=audio {port} RTP/AVP {formats}\r\n{rtpmaps}"
+    )
+}
+
+#[test]
+fn rules_carry_the_negotiated_clock_rate() {
+    let opus = "a=rtpmap:96 opus/48000/2\r\n";
+    // (offer formats, answer formats, expected RTP rule clock rate)
+    let cases = [
+        ("96 0", "0", 8000),
+        ("96 0", "96", 48_000),
+        ("9 0 8", "0", 8000),
+        ("97", "97", 8000), // dynamic without rtpmap: the audio default
+    ];
+    for (i, (offered, answered, want)) in cases.into_iter().enumerate() {
+        let mut m = core(10, (30000, 30099));
+        let call = format!("clock-{i}");
+        let o = sdp_formats("192.0.2.10", 4000, offered, opus);
+        m.offer(&offer(&call, "a", &o)).unwrap();
+        let a = sdp_formats("198.51.100.10", 5000, answered, opus);
+        let out = m.answer(&answer(&call, "a", "b", &a)).unwrap();
+        let rules = installs(&out.changes);
+        let rtp: Vec<u32> = rules
+            .iter()
+            .filter(|r| r.local.port() % 2 == 0)
+            .map(|r| r.clock_rate)
+            .collect();
+        assert_eq!(rtp, vec![want, want], "{offered} / {answered}: {rules:#?}");
+        assert!(
+            rules
+                .iter()
+                .filter(|r| r.local.port() % 2 == 1)
+                .all(|r| r.clock_rate == 0),
+            "RTCP rules have no clock: {rules:#?}"
+        );
+    }
+}

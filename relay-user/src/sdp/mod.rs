@@ -23,6 +23,7 @@
 
 mod parse;
 mod rewrite;
+pub mod rtpmap;
 
 #[cfg(test)]
 mod golden;
