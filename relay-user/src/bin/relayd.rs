@@ -16,6 +16,7 @@ use relay_user::{
     config::{Config, DataplaneMode},
     control,
     dataplane::{Dataplane, LatchNotice},
+    metrics,
     ng::NgServer,
     relay::Relay,
     sip,
@@ -134,6 +135,21 @@ async fn run(config: Config, interfaces: Vec<relay_user::config::Interface>) -> 
     let listener = control::bind(&config.control.socket)?;
     info!(socket = %config.control.socket.display(), "control socket ready");
     let server = tokio::spawn(control::serve(listener, dp.clone(), started));
+    // The Prometheus endpoint, when configured.
+    let metrics = match config.metrics.listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the metrics endpoint {addr}"))?;
+            info!(listen = %addr, "metrics endpoint ready (GET /metrics)");
+            Some(tokio::spawn(metrics::serve(
+                listener,
+                relay.clone(),
+                started,
+            )))
+        }
+        None => None,
+    };
     // The NG server (Kamailio/OpenSIPS rtpengine modules), when configured.
     let ng = if config.ng.listen.is_empty() {
         None
@@ -147,6 +163,9 @@ async fn run(config: Config, interfaces: Vec<relay_user::config::Interface>) -> 
         _ = tokio::signal::ctrl_c() => info!("SIGINT: shutting down"),
     }
     server.abort();
+    if let Some(m) = metrics {
+        m.abort();
+    }
     if let Some(sip) = sip {
         sip.abort();
     }

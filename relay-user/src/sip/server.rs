@@ -25,6 +25,9 @@ pub struct SipStatus {
     pub calls: usize,
     pub trunks: Vec<TrunkStatus>,
     pub stats: SipStats,
+    /// Transport counters (TLS handshake failures, refused sources, ...).
+    #[serde(default)]
+    pub transport: super::transport::TransportStats,
 }
 
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
@@ -114,6 +117,7 @@ async fn serve(
                     .map(|(name, up, calls)| TrunkStatus { name, up, calls })
                     .collect(),
                 stats: b2bua.stats.clone(),
+                transport: transports.stats(),
             });
             sends
         };
