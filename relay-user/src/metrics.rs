@@ -442,6 +442,7 @@ mod tests {
             name: "service".into(),
             up: false,
             calls: 0,
+            options_interval_s: Some(30),
         });
         s.sip = Some(sip);
         let text = s.encode();

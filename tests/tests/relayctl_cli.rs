@@ -544,3 +544,80 @@ fn relayctl_errors_are_one_line() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// SIP trunks as relayctl and the metrics show them, after a real SIP
+/// exchange (an OPTIONS from the PBX answered 200).
+#[test]
+fn trunks_and_sip_metrics() {
+    if !relay_tests::require_root() {
+        return;
+    }
+    let mut t = Topology::new().expect("topology");
+    t.start_relayd_opts(&RelaydOpts {
+        extra: format!(
+            r#"[metrics]
+listen = "{METRICS}"
+
+[sip]
+listen_udp = ["192.0.2.1:5060"]
+
+[[trunk]]
+name = "pbx"
+transport = "udp"
+peer = "192.0.2.10:5060"
+interface = "inside"
+route_to = "service"
+options_interval_s = 0
+
+[[trunk]]
+name = "service"
+transport = "udp"
+peer = "198.51.100.10:5060"
+interface = "outside"
+options_interval_s = 30
+"#
+        ),
+        ..RelaydOpts::default()
+    })
+    .expect("relayd");
+
+    let pbx = Topology::socket(&t.caller, "192.0.2.10:5060").unwrap();
+    let options = "OPTIONS sip:192.0.2.1:5060 SIP/2.0\r\n\
+        Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK-relayctl-1\r\n\
+        Max-Forwards: 70\r\n\
+        From: <sip:pbx@192.0.2.10>;tag=ping-1\r\n\
+        To: <sip:relay@192.0.2.1>\r\n\
+        Call-ID: options-1@192.0.2.10\r\n\
+        CSeq: 1 OPTIONS\r\n\
+        Content-Length: 0\r\n\r\n";
+    pbx.send_to(options.as_bytes(), "192.0.2.1:5060").unwrap();
+    let mut buf = [0u8; 4096];
+    let (n, _) = pbx.recv_from(&mut buf).expect("a reply to OPTIONS");
+    let reply = String::from_utf8_lossy(&buf[..n]);
+    assert!(reply.starts_with("SIP/2.0 200"), "{reply}");
+
+    let table = relayctl_ok(&t, &["trunks"]);
+    let row = |name: &str| {
+        table
+            .lines()
+            .map(cells)
+            .find(|c| c[0] == name)
+            .unwrap_or_else(|| panic!("no trunk {name}:\n{table}"))
+    };
+    assert_eq!(row("pbx")[1..], ["up", "0", "off (not pinged)"], "{table}");
+    assert_eq!(row("service")[3], "every 30s", "{table}");
+    let json = relayctl_json(&t, &["trunks"], "sip");
+
+    let m = scrape(&t);
+    assert!(metric(&m, "relay_sip_responses_sent_total", &[("class", "2xx")]) >= 1.0);
+    assert_eq!(metric(&m, "relay_tls_handshake_failures_total", &[]), 0.0);
+    for trunk in json["trunks"].as_array().unwrap() {
+        let name = trunk["name"].as_str().unwrap();
+        let up = if trunk["up"] == true { 1.0 } else { 0.0 };
+        assert_eq!(
+            metric(&m, "relay_trunk_up", &[("trunk", name)]),
+            up,
+            "{name}"
+        );
+    }
+}

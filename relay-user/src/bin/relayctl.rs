@@ -585,13 +585,17 @@ fn print_calls(calls: &[CallView]) {
 }
 
 fn print_trunks(s: &SipStatus) {
-    println!("{:<20} {:<6} {:>6}", "TRUNK", "STATE", "CALLS");
+    println!("{:<20} {:<6} {:>6}  OPTIONS", "TRUNK", "STATE", "CALLS");
     for t in &s.trunks {
         println!(
-            "{:<20} {:<6} {:>6}",
+            "{:<20} {:<6} {:>6}  {}",
             t.name,
             if t.up { "up" } else { "DOWN" },
-            t.calls
+            t.calls,
+            match t.options_interval_s {
+                Some(s) => format!("every {s}s"),
+                None => "off (not pinged)".into(),
+            }
         );
     }
     let st = &s.stats;
