@@ -31,6 +31,7 @@ use tracing::{debug, warn};
 
 use crate::{
     control::flows::{FlowPath, path_of},
+    ng::Ng,
     relay::Relay,
     sip::server::SipStatus,
 };
@@ -62,6 +63,9 @@ pub struct Snapshot {
     pub fallback_rules: u64,
     pub call_rule_errors: u64,
     pub sip: Option<SipStatus>,
+    /// NG requests by command, plus "errors" and "duplicates"; None when
+    /// NG is off.
+    pub ng: Option<Vec<(&'static str, u64)>>,
 }
 
 impl Snapshot {
@@ -196,6 +200,35 @@ impl Snapshot {
         if let Some(sip) = &self.sip {
             encode_sip(&mut reg, sip);
         }
+        if let Some(ng) = &self.ng {
+            let requests = Family::<Vec<(String, String)>, Counter>::default();
+            let mut errors = 0;
+            let mut duplicates = 0;
+            for (name, n) in ng {
+                match *name {
+                    "errors" => errors = *n,
+                    "duplicates" => duplicates = *n,
+                    command => {
+                        requests
+                            .get_or_create(&label("command", command))
+                            .inc_by(*n);
+                    }
+                }
+            }
+            reg.register("ng_requests", "NG requests by command", requests);
+            counter(
+                &mut reg,
+                "ng_errors",
+                "NG requests answered with an error or load limit",
+                errors,
+            );
+            counter(
+                &mut reg,
+                "ng_duplicates",
+                "NG retransmissions answered from the reply cache",
+                duplicates,
+            );
+        }
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &reg);
@@ -309,8 +342,16 @@ fn route(head: &[u8]) -> Route {
     }
 }
 
+/// What a scrape reads: the relay, and the NG server's counters when NG runs.
+#[derive(Clone)]
+pub struct Sources {
+    pub relay: Arc<Mutex<Relay>>,
+    pub ng: Option<Arc<Mutex<Ng>>>,
+    pub started: Instant,
+}
+
 /// Serves scrapes until the task is dropped.
-pub async fn serve(listener: TcpListener, relay: Arc<Mutex<Relay>>, started: Instant) {
+pub async fn serve(listener: TcpListener, sources: Sources) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else {
@@ -318,10 +359,10 @@ pub async fn serve(listener: TcpListener, relay: Arc<Mutex<Relay>>, started: Ins
         };
         match listener.accept().await {
             Ok((stream, peer)) => {
-                let relay = relay.clone();
+                let sources = sources.clone();
                 tokio::spawn(async move {
                     let served =
-                        tokio::time::timeout(CLIENT_TIMEOUT, scrape(stream, &relay, started)).await;
+                        tokio::time::timeout(CLIENT_TIMEOUT, scrape(stream, &sources)).await;
                     if !matches!(served, Ok(Ok(()))) {
                         debug!(%peer, "metrics client gave up or timed out");
                     }
@@ -336,11 +377,7 @@ pub async fn serve(listener: TcpListener, relay: Arc<Mutex<Relay>>, started: Ins
     }
 }
 
-async fn scrape(
-    mut stream: TcpStream,
-    relay: &Mutex<Relay>,
-    started: Instant,
-) -> std::io::Result<()> {
+async fn scrape(mut stream: TcpStream, sources: &Sources) -> std::io::Result<()> {
     let mut head = Vec::with_capacity(512);
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -362,10 +399,17 @@ async fn scrape(
     let is_head = head.starts_with(b"HEAD ");
     match route(&head) {
         Route::Metrics => {
-            let snapshot = {
-                let relay = relay.lock().unwrap_or_else(|p| p.into_inner());
-                Snapshot::take(&relay, started)
+            let mut snapshot = {
+                let relay = sources.relay.lock().unwrap_or_else(|p| p.into_inner());
+                Snapshot::take(&relay, sources.started)
             };
+            // Taken after the relay lock is released: an NG request holds
+            // the NG lock while it waits for the relay.
+            snapshot.ng = sources.ng.as_ref().map(|ng| {
+                ng.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .request_totals()
+            });
             let body = snapshot.encode();
             let body = if is_head { &[][..] } else { body.as_bytes() };
             respond(
@@ -445,6 +489,7 @@ mod tests {
             options_interval_s: Some(30),
         });
         s.sip = Some(sip);
+        s.ng = Some(vec![("offer", 5), ("errors", 1), ("duplicates", 2)]);
         let text = s.encode();
         for line in [
             "relay_calls 2",
@@ -455,6 +500,9 @@ mod tests {
             "relay_sip_responses_sent_total{class=\"2xx\"} 3",
             "relay_tls_handshake_failures_total 2",
             "relay_trunk_up{trunk=\"service\"} 0",
+            "relay_ng_requests_total{command=\"offer\"} 5",
+            "relay_ng_errors_total 1",
+            "relay_ng_duplicates_total 2",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

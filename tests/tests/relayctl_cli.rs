@@ -18,6 +18,7 @@ use relay_user::control::{Client, Request, flows::FlowRef};
 use serde_json::Value;
 
 const METRICS: &str = "127.0.0.1:9477";
+const NG: &str = "127.0.0.1:2223";
 const PACKETS: u32 = 100;
 const SPOOFED: u32 = 30;
 
@@ -202,6 +203,7 @@ fn relayctl_and_metrics_on_a_running_relayd() {
     let mut t = Topology::new().expect("topology");
     t.start_relayd_opts(&RelaydOpts {
         extra: format!("[metrics]\nlisten = \"{METRICS}\"\n"),
+        ng_listen: Some(NG.parse().unwrap()),
         ..RelaydOpts::default()
     })
     .expect("relayd");
@@ -428,7 +430,24 @@ fn relayctl_and_metrics_on_a_running_relayd() {
     );
 
     // Metrics: parsed, and the same figures the control socket shows.
+    let pong = t
+        .relay
+        .run(|| -> std::io::Result<String> {
+            let s = UdpSocket::bind("127.0.0.1:0")?;
+            s.set_read_timeout(Some(Duration::from_secs(2)))?;
+            s.send_to(b"c1 d7:command4:pinge", NG)?;
+            let mut buf = [0u8; 512];
+            let n = s.recv(&mut buf)?;
+            Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+        })
+        .unwrap()
+        .expect("NG ping");
+    assert_eq!(pong, "c1 d6:result4:ponge");
     let m = scrape(&t);
+    assert_eq!(
+        metric(&m, "relay_ng_requests_total", &[("command", "ping")]),
+        1.0
+    );
     let views: Vec<Value> = serde_json::from_value(raw_call(&t, &Request::Rules, "rules")).unwrap();
     let xdp_packets: u64 = views
         .iter()

@@ -135,6 +135,12 @@ async fn run(config: Config, interfaces: Vec<relay_user::config::Interface>) -> 
     let listener = control::bind(&config.control.socket)?;
     info!(socket = %config.control.socket.display(), "control socket ready");
     let server = tokio::spawn(control::serve(listener, dp.clone(), started));
+    // The NG server (Kamailio/OpenSIPS rtpengine modules), when configured.
+    let ng = if config.ng.listen.is_empty() {
+        None
+    } else {
+        Some(NgServer::start(&config.ng.listen, relay.clone())?)
+    };
     // The Prometheus endpoint, when configured.
     let metrics = match config.metrics.listen {
         Some(addr) => {
@@ -144,17 +150,14 @@ async fn run(config: Config, interfaces: Vec<relay_user::config::Interface>) -> 
             info!(listen = %addr, "metrics endpoint ready (GET /metrics)");
             Some(tokio::spawn(metrics::serve(
                 listener,
-                relay.clone(),
-                started,
+                metrics::Sources {
+                    relay: relay.clone(),
+                    ng: ng.as_ref().map(NgServer::ng),
+                    started,
+                },
             )))
         }
         None => None,
-    };
-    // The NG server (Kamailio/OpenSIPS rtpengine modules), when configured.
-    let ng = if config.ng.listen.is_empty() {
-        None
-    } else {
-        Some(NgServer::start(&config.ng.listen, relay.clone())?)
     };
 
     let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
