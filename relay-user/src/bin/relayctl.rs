@@ -168,7 +168,7 @@ fn run(args: &Args) -> Result<()> {
                 let views: Vec<_> = reply.flows.into_iter().map(|f| f.view).collect();
                 print_json(&views)?;
             } else {
-                print_flows_table(&reply.flows, false);
+                print_flows_table(&reply.flows, reply.kernel_only, false);
             }
         }
         Command::Flow { id } => {
@@ -319,6 +319,9 @@ fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
 fn flows_cmd(args: &Args, src: &Source, opts: &FlowsOpts, interval: f64) -> Result<()> {
     let first = src.flows()?;
     note(src, first.kernel_only);
+    if first.kernel_only && opts.call.is_some() {
+        bail!("--call needs relayd: the pinned maps know no calls");
+    }
     let reply = match sleep_for(interval)? {
         None => first,
         Some(_) => {
@@ -334,7 +337,7 @@ fn flows_cmd(args: &Args, src: &Source, opts: &FlowsOpts, interval: f64) -> Resu
     if args.json {
         print_json(&reply)?;
     } else {
-        print_flows_table(&reply.flows, opts.wide);
+        print_flows_table(&reply.flows, reply.kernel_only, opts.wide);
     }
     Ok(())
 }
@@ -348,8 +351,12 @@ fn filter_of(opts: &FlowsOpts) -> Filter {
     }
 }
 
-fn print_flows_table(flows: &[relay_user::control::flows::FlowView], wide: bool) {
-    let rows: Vec<Vec<String>> = flows.iter().map(flows::row).collect();
+fn print_flows_table(
+    flows: &[relay_user::control::flows::FlowView],
+    kernel_only: bool,
+    wide: bool,
+) {
+    let rows: Vec<Vec<String>> = flows.iter().map(|f| flows::row(f, kernel_only)).collect();
     let width = if wide { None } else { terminal::width() };
     for l in table::render(&flows::COLUMNS, &rows, width) {
         println!("{l}");
@@ -519,7 +526,11 @@ fn watch(src: &Source, opts: &FlowsOpts, interval: f64, count: u64) -> Result<()
             opts.sort
         };
         flows::sort(&mut view.flows, key);
-        let rows: Vec<Vec<String>> = view.flows.iter().map(flows::row).collect();
+        let rows: Vec<Vec<String>> = view
+            .flows
+            .iter()
+            .map(|f| flows::row(f, view.kernel_only))
+            .collect();
         let width = if opts.wide { None } else { terminal::width() };
         let room = terminal::height().saturating_sub(lines.len() + 1).max(2);
         let table = table::render(&flows::COLUMNS, &rows, width);

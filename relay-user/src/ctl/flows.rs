@@ -198,8 +198,10 @@ pub fn source_cell(f: &FlowView) -> String {
     }
 }
 
-/// One table row per flow, cells in [`COLUMNS`] order.
-pub fn row(f: &FlowView) -> Vec<String> {
+/// One table row per flow, cells in [`COLUMNS`] order. `kernel_only`: the
+/// flows came from the pinned maps, which do not know calls, so a flow
+/// without a call is `?` rather than `static`.
+pub fn row(f: &FlowView, kernel_only: bool) -> Vec<String> {
     let r = &f.view.rule;
     let (call, leg, dir) = match &f.call {
         Some(c) => {
@@ -215,6 +217,7 @@ pub fn row(f: &FlowView) -> Vec<String> {
             };
             (c.call_id.clone(), leg, dir)
         }
+        None if kernel_only => ("?".into(), "-".into(), "-".into()),
         None => ("static".into(), "-".into(), "-".into()),
     };
     vec![
@@ -398,7 +401,8 @@ mod tests {
     fn rows_follow_the_columns() {
         let mut f = flow(7, "192.0.2.1:30000", 1500, 3, Some(250));
         f.pps = Some(50.0);
-        let row = row(&f);
+        assert_eq!(row(&f, true)[1], "?", "relayd down: the call is unknown");
+        let row = row(&f, false);
         assert_eq!(row.len(), COLUMNS.len());
         assert_eq!(
             row,
