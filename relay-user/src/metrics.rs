@@ -387,13 +387,7 @@ async fn scrape(mut stream: TcpStream, sources: &Sources) -> std::io::Result<()>
         }
         head.extend_from_slice(&buf[..n]);
         if head.len() > MAX_REQUEST {
-            return respond(
-                &mut stream,
-                "431 Request Header Fields Too Large",
-                "text/plain",
-                b"",
-            )
-            .await;
+            return refuse(&mut stream, "431 Request Header Fields Too Large", "").await;
         }
     }
     let is_head = head.starts_with(b"HEAD ");
@@ -420,18 +414,29 @@ async fn scrape(mut stream: TcpStream, sources: &Sources) -> std::io::Result<()>
             )
             .await
         }
-        Route::NotFound => {
-            respond(
-                &mut stream,
-                "404 Not Found",
-                "text/plain",
-                b"only /metrics here\n",
-            )
-            .await
-        }
-        Route::BadMethod => respond(&mut stream, "405 Method Not Allowed", "text/plain", b"").await,
-        Route::BadRequest => respond(&mut stream, "400 Bad Request", "text/plain", b"").await,
+        Route::NotFound => refuse(&mut stream, "404 Not Found", "only /metrics here\n").await,
+        Route::BadMethod => refuse(&mut stream, "405 Method Not Allowed", "").await,
+        Route::BadRequest => refuse(&mut stream, "400 Bad Request", "").await,
     }
+}
+
+/// An error reply, then what the client still sends is read and dropped
+/// (bounded in bytes and time): closing a socket with unread data resets
+/// the connection, and the client could lose the reply.
+async fn refuse(stream: &mut TcpStream, status: &str, body: &str) -> std::io::Result<()> {
+    respond(stream, status, "text/plain", body.as_bytes()).await?;
+    let mut buf = [0u8; 4096];
+    let mut left: usize = 64 * 1024;
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while left > 0 {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    })
+    .await;
+    Ok(())
 }
 
 async fn respond(

@@ -134,20 +134,24 @@ fn exchange(tx: &UdpSocket, to: SocketAddr, rx: &UdpSocket, n: u32, first_seq: u
     }
 }
 
-/// GET /metrics from inside the relay namespace, parsed.
-fn scrape(t: &Topology) -> prometheus_parse::Scrape {
-    let text = t
-        .relay
-        .run(|| -> std::io::Result<String> {
+/// One HTTP exchange with the metrics endpoint, inside the relay namespace.
+fn http(t: &Topology, request: Vec<u8>) -> String {
+    t.relay
+        .run(move || -> std::io::Result<String> {
             let mut s = TcpStream::connect(METRICS)?;
             s.set_read_timeout(Some(Duration::from_secs(5)))?;
-            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: relay\r\n\r\n")?;
-            let mut out = String::new();
-            s.read_to_string(&mut out)?;
-            Ok(out)
+            s.write_all(&request)?;
+            let mut out = Vec::new();
+            s.read_to_end(&mut out)?;
+            Ok(String::from_utf8_lossy(&out).into_owned())
         })
         .unwrap()
-        .expect("scrape");
+        .expect("HTTP exchange")
+}
+
+/// GET /metrics, parsed.
+fn scrape(t: &Topology) -> prometheus_parse::Scrape {
+    let text = http(t, b"GET /metrics HTTP/1.1\r\nHost: relay\r\n\r\n".to_vec());
     let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP reply");
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(head.contains("openmetrics-text"), "{head}");
@@ -477,6 +481,15 @@ fn relayctl_and_metrics_on_a_running_relayd() {
     assert_eq!(metric(&m, "relay_calls", &[]), 1.0);
     assert_eq!(metric(&m, "relay_rules", &[("path", "xdp")]), 5.0);
     assert_eq!(metric(&m, "relay_up", &[]), 1.0);
+    // Anything else gets a short error, and an endless header is cut off.
+    let reply = http(&t, b"GET / HTTP/1.1\r\n\r\n".to_vec());
+    assert!(reply.starts_with("HTTP/1.1 404"), "{reply}");
+    let reply = http(&t, b"POST /metrics HTTP/1.1\r\n\r\n".to_vec());
+    assert!(reply.starts_with("HTTP/1.1 405"), "{reply}");
+    let mut long = b"GET /metrics HTTP/1.1\r\nX: ".to_vec();
+    long.extend(std::iter::repeat_n(b'a', 10_000));
+    let reply = http(&t, long);
+    assert!(reply.starts_with("HTTP/1.1 431"), "{reply}");
     // Deleting the call keeps its packets in the totals: counters never go down.
     client
         .call(&Request::Delete {
