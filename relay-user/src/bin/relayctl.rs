@@ -42,8 +42,9 @@ struct Args {
 
 #[derive(clap::Args, Clone)]
 struct FlowsOpts {
-    #[arg(long, value_enum, default_value = "call")]
-    sort: SortKey,
+    /// Order of the rows; `flows` sorts by call, `watch` by packet rate.
+    #[arg(long, value_enum)]
+    sort: Option<SortKey>,
     /// Only this call's flows ("static" for rules without a call).
     #[arg(long)]
     call: Option<String>,
@@ -333,7 +334,7 @@ fn flows_cmd(args: &Args, src: &Source, opts: &FlowsOpts, interval: f64) -> Resu
     let mut reply = reply;
     let filter = filter_of(opts);
     reply.flows.retain(|f| filter.keeps(f));
-    flows::sort(&mut reply.flows, opts.sort);
+    flows::sort(&mut reply.flows, opts.sort.unwrap_or(SortKey::Call));
     if args.json {
         print_json(&reply)?;
     } else {
@@ -520,12 +521,7 @@ fn watch(src: &Source, opts: &FlowsOpts, interval: f64, count: u64) -> Result<()
         lines.push(String::new());
         let mut view = cur.clone();
         view.flows.retain(|f| filter.keeps(f));
-        let key = if opts.sort == SortKey::Call {
-            SortKey::Pps
-        } else {
-            opts.sort
-        };
-        flows::sort(&mut view.flows, key);
+        flows::sort(&mut view.flows, opts.sort.unwrap_or(SortKey::Pps));
         let rows: Vec<Vec<String>> = view
             .flows
             .iter()
