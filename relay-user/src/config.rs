@@ -22,6 +22,9 @@ pub struct Config {
     /// The rtpengine-compatible NG control protocol (off unless `listen` is set).
     #[serde(default)]
     pub ng: NgConfig,
+    /// `[metrics]`: the Prometheus text endpoint (off unless `listen` is set).
+    #[serde(default)]
+    pub metrics: MetricsConfig,
     /// Interfaces the relay anchors media on.
     #[serde(rename = "interface")]
     pub interfaces: Vec<InterfaceConfig>,
@@ -125,6 +128,16 @@ pub struct NgConfig {
     /// or a management network only.
     #[serde(deserialize_with = "one_or_many_addrs")]
     pub listen: Vec<SocketAddr>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// TCP address serving `GET /metrics`, e.g. `"127.0.0.1:9477"`. None (the
+    /// default): no endpoint. The endpoint has no authentication and shows
+    /// trunk names and traffic figures: bind it to loopback or a management
+    /// network.
+    pub listen: Option<SocketAddr>,
 }
 
 /// `"127.0.0.1:2223"` or `["127.0.0.1:2223", "[::1]:2223"]`.
@@ -474,6 +487,24 @@ ca = "/etc/relay/service-ca.pem"
         assert_eq!(c.dataplane, DataplaneConfig::default());
         assert_eq!(c.control.socket, PathBuf::from(DEFAULT_CONTROL_SOCKET));
         assert!(c.ng.listen.is_empty(), "NG is off by default");
+        assert_eq!(c.metrics.listen, None, "metrics are off by default");
+    }
+
+    #[test]
+    fn metrics_listen() {
+        let base = "[[interface]]\nname=\"a\"\ndevice=\"lo\"\naddress=\"127.0.0.1\"\nports=\"2000-2001\"\n";
+        let (c, _) = Config::parse(
+            &format!("{base}[metrics]\nlisten = \"127.0.0.1:9477\"\n"),
+            Path::new("x"),
+        )
+        .unwrap();
+        assert_eq!(c.metrics.listen, Some("127.0.0.1:9477".parse().unwrap()));
+        let err = Config::parse(
+            &format!("{base}[metrics]\nlisten = \"localhost\"\n"),
+            Path::new("x"),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("listen"), "{err}");
     }
 
     #[test]

@@ -3,9 +3,11 @@
 //! `relayctl` are built from.
 pub mod config;
 pub mod control;
+pub mod ctl;
 pub mod dataplane;
 pub mod ebpf;
 pub mod media;
+pub mod metrics;
 pub mod ng;
 pub mod relay;
 pub mod rule;

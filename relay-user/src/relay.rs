@@ -2,7 +2,7 @@
 //! core plus the data plane it writes. Every verb runs the media core's
 //! logic, then applies the rule changes it returned.
 
-use std::net::SocketAddr;
+use std::{collections::HashMap, net::SocketAddr};
 
 use anyhow::{Result, anyhow};
 use tracing::{info, warn};
@@ -21,6 +21,21 @@ pub struct Relay {
     pub rule_errors: u64,
     /// The SIP side's trunks and counters, when SIP runs.
     pub sip: Option<crate::sip::server::SipStatus>,
+    /// CLOCK_MONOTONIC ns at which each rule was installed (or adopted from
+    /// the pinned maps by this relayd): the age `relayctl flows` shows.
+    pub installed_ns: HashMap<SocketAddr, u64>,
+    /// Packets and bytes of rules removed since start, so the metrics'
+    /// per-path totals (live rules plus these) never go down.
+    pub retired: Retired,
+}
+
+/// Figures of removed rules, per path.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Retired {
+    pub xdp_packets: u64,
+    pub xdp_bytes: u64,
+    pub userspace_packets: u64,
+    pub userspace_bytes: u64,
 }
 
 /// A verb's failure: refused by the media core (bad SDP, limits, unknown call)
@@ -48,11 +63,15 @@ impl Relay {
                 warn!(local = %rule.local, error = %e, "static rule port overlaps the media range");
             }
         }
+        let now = monotonic_ns();
+        let installed_ns = dp.rules().map(|r| (r.local, now)).collect();
         Ok(Self {
             dp,
             media,
             rule_errors: 0,
             sip: None,
+            installed_ns,
+            retired: Retired::default(),
         })
     }
 
@@ -93,13 +112,16 @@ impl Relay {
         }
         let local = rule.local;
         let result = self.dp.install(rule);
-        if result.is_err() && fresh {
-            self.media.release_static(local);
+        match &result {
+            Ok(_) => self.installed(local),
+            Err(_) if fresh => self.media.release_static(local),
+            Err(_) => {}
         }
         result
     }
 
     pub fn remove_static(&mut self, local: SocketAddr) -> Result<Rule> {
+        self.retire(local);
         let rule = self.dp.remove(local)?;
         self.media.release_static(local);
         Ok(rule)
@@ -119,12 +141,43 @@ impl Relay {
         ids
     }
 
+    /// Notes when `local` got its first rule (a replacement keeps the age).
+    fn installed(&mut self, local: SocketAddr) {
+        self.installed_ns.entry(local).or_insert_with(monotonic_ns);
+    }
+
+    /// Adds the last figures of `local`'s rule, about to be removed, to the
+    /// retired totals.
+    fn retire(&mut self, local: SocketAddr) {
+        self.installed_ns.remove(&local);
+        if let Some(v) = self.dp.view(local) {
+            if let Some(x) = &v.xdp {
+                self.retired.xdp_packets += x.packets;
+                self.retired.xdp_bytes += x.bytes;
+            }
+            if let Some(u) = &v.userspace {
+                self.retired.userspace_packets += u.packets;
+                self.retired.userspace_bytes += u.bytes;
+            }
+        }
+    }
+
     fn apply(&mut self, changes: Vec<RuleChange>) -> Result<(), RelayError> {
         let mut first_error = None;
         for change in changes {
             let result = match change {
-                RuleChange::Install(rule) => self.dp.install(rule).map(drop),
-                RuleChange::Remove(local) => self.dp.remove(local).map(drop),
+                RuleChange::Install(rule) => {
+                    let local = rule.local;
+                    let result = self.dp.install(rule).map(drop);
+                    if result.is_ok() {
+                        self.installed(local);
+                    }
+                    result
+                }
+                RuleChange::Remove(local) => {
+                    self.retire(local);
+                    self.dp.remove(local).map(drop)
+                }
             };
             if let Err(e) = result {
                 self.rule_errors += 1;

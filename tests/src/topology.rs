@@ -254,15 +254,23 @@ ports = "50000-50999"
 
     /// Runs relayctl (as an operator would) against this relayd.
     pub fn relayctl(&self, args: &[&str]) -> Result<std::process::Output> {
-        Command::new(binary("relayctl")?)
-            .arg("--socket")
+        self.relayctl_command(args)?
+            .output()
+            .context("running relayctl")
+    }
+
+    /// The relayctl command [`Self::relayctl`] runs, for callers that set an
+    /// environment, a user or their own way of waiting.
+    pub fn relayctl_command(&self, args: &[&str]) -> Result<Command> {
+        let mut cmd = Command::new(binary("relayctl")?);
+        cmd.arg("--socket")
             .arg(self.control_socket())
             .arg("--pin-path")
             .arg(&self.pin_path)
             .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .context("running relayctl")
+            .env_remove("COLUMNS")
+            .stdin(Stdio::null());
+        Ok(cmd)
     }
 
     /// A UDP socket bound in `ns` to `addr`.

@@ -256,6 +256,13 @@ fn scenario(mode: &str) {
     let json: serde_json::Value =
         serde_json::from_str(&relayctl_ok(&t, &["--json", "counters"])).unwrap();
     assert!(json["userspace"].is_object());
+    // The path each flow's packets take follows the data-plane mode.
+    let flows: serde_json::Value =
+        serde_json::from_str(&relayctl_ok(&t, &["--json", "flows", "--interval", "0"])).unwrap();
+    let want = if mode == "xdp" { "xdp" } else { "userspace" };
+    for f in flows["flows"].as_array().unwrap() {
+        assert_eq!(f["path"], want, "{f:#}");
+    }
 
     // Deleting the rules stops the media and frees the sockets.
     for local in ["192.0.2.1:30000", "198.51.100.1:40000", "192.0.2.1:30002"] {
@@ -382,6 +389,20 @@ fn full_fast_path_falls_back_to_userspace() {
     let fallback = rule_on(&t, "192.0.2.1:30024");
     assert_eq!(fallback.userspace.as_ref().unwrap().packets, PACKETS as u64);
     assert_eq!(fallback.xdp.as_ref().unwrap().packets, 0);
+    // relayctl says which rule the forwarder carries, and has no kernel entry for it.
+    let flows: serde_json::Value =
+        serde_json::from_str(&relayctl_ok(&t, &["--json", "flows", "--interval", "0"])).unwrap();
+    for f in flows["flows"].as_array().unwrap() {
+        let carried = f["rule"]["local"] == "192.0.2.1:30024";
+        assert_eq!(
+            f["path"],
+            if carried { "userspace" } else { "xdp" },
+            "{f:#}"
+        );
+    }
+    let detail: serde_json::Value =
+        serde_json::from_str(&relayctl_ok(&t, &["--json", "flow", "192.0.2.1:30024"])).unwrap();
+    assert!(detail["kernel"].is_null(), "{detail:#}");
     // Removing the fallback rule makes its port unsolicited again.
     relayctl_ok(&t, &["rule", "del", "192.0.2.1:30024"]);
     let before = counters(&t).drops(DropReason::NoFlow);

@@ -358,6 +358,13 @@ fn untrusted_service_certificate_is_refused() {
             .any(|l| l.starts_with("voicemail") && l.contains("DOWN")),
         "{table}"
     );
+    // The failed handshakes are counted where relayctl and the metrics read them.
+    let out = s.t.relayctl(&["--json", "trunks"]).unwrap();
+    let sip: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        sip["transport"]["tls_handshake_failures"].as_u64() >= Some(1),
+        "{sip:#}"
+    );
     let mut caller = uac(&s, "uac", Uac::Fails(503), "u1", &[]);
     finish(&s, &mut caller, Duration::from_secs(20));
     assert_clean(&s);

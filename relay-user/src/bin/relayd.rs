@@ -16,6 +16,7 @@ use relay_user::{
     config::{Config, DataplaneMode},
     control,
     dataplane::{Dataplane, LatchNotice},
+    metrics,
     ng::NgServer,
     relay::Relay,
     sip,
@@ -147,6 +148,24 @@ async fn run(config: Config, interfaces: Vec<relay_user::config::Interface>) -> 
     } else {
         Some(NgServer::start(&config.ng.listen, relay.clone())?)
     };
+    // The Prometheus endpoint, when configured.
+    let metrics = match config.metrics.listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the metrics endpoint {addr}"))?;
+            info!(listen = %addr, "metrics endpoint ready (GET /metrics)");
+            Some(tokio::spawn(metrics::serve(
+                listener,
+                metrics::Sources {
+                    relay: relay.clone(),
+                    ng: ng.as_ref().map(NgServer::ng),
+                    started,
+                },
+            )))
+        }
+        None => None,
+    };
 
     let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
     tokio::select! {
@@ -154,6 +173,9 @@ async fn run(config: Config, interfaces: Vec<relay_user::config::Interface>) -> 
         _ = tokio::signal::ctrl_c() => info!("SIGINT: shutting down"),
     }
     server.abort();
+    if let Some(m) = metrics {
+        m.abort();
+    }
     if let Some(sip) = sip {
         sip.abort();
     }

@@ -126,6 +126,18 @@ impl FlowMaps {
         total
     }
 
+    pub fn rule(&self, key: &FlowKey) -> Option<FlowRule> {
+        self.flows.get(key, 0).ok()
+    }
+
+    /// Per-rule statistics as each CPU holds them (index = CPU).
+    pub fn stats_per_cpu(&self, key: &FlowKey) -> Vec<FlowStats> {
+        self.stats
+            .get(key, 0)
+            .map(|v| v.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
     /// Global counters summed over CPUs, indexed by [`Counter`].
     pub fn counters(&self) -> [u64; COUNTERS] {
         let mut out = [0u64; COUNTERS];

@@ -257,6 +257,16 @@ impl Dataplane {
         view
     }
 
+    /// True when the kernel refused `local`'s rule and the forwarder carries it.
+    pub fn in_fallback(&self, local: SocketAddr) -> bool {
+        self.fallback.contains(&local)
+    }
+
+    /// The kernel's maps (XDP mode), for `relayctl flow`'s raw entries.
+    pub fn kernel_maps(&self) -> Option<&maps::FlowMaps> {
+        self.kernel.as_ref().map(|k| &k.maps)
+    }
+
     /// Endpoints the forwarder serves for rules (leak checks in tests and
     /// `relayctl`).
     pub fn bound_endpoints(&self) -> usize {

@@ -163,6 +163,41 @@ impl Call {
         Some(rules)
     }
 
+    /// Which leg, stream and component the rule receiving on `local` serves;
+    /// `iface_name` names an interface by index.
+    pub fn rule_context(
+        &self,
+        local: SocketAddr,
+        iface_name: impl Fn(usize) -> String,
+    ) -> Option<RuleContext> {
+        for (index, stream) in self.streams.iter().enumerate() {
+            for from in 0..2 {
+                let (leg, side) = (&self.legs[from], &stream.sides[from]);
+                if leg.address != local.ip() {
+                    continue;
+                }
+                let component = if local.port() == side.relay_port {
+                    "rtp"
+                } else if local.port() == side.relay_port.wrapping_add(1) {
+                    "rtcp"
+                } else {
+                    continue;
+                };
+                return Some(RuleContext {
+                    call_id: self.id.clone(),
+                    leg: if from == 0 { "a" } else { "b" }.into(),
+                    tag: leg.tag.clone(),
+                    stream: index,
+                    media: stream.kind.clone(),
+                    component: component.into(),
+                    from_iface: iface_name(leg.iface),
+                    to_iface: iface_name(self.legs[1 - from].iface),
+                });
+            }
+        }
+        None
+    }
+
     pub fn view(&self) -> CallView {
         CallView {
             call_id: self.id.clone(),
@@ -210,6 +245,25 @@ fn clock_rate(src: &Side, dst: &Side) -> u32 {
         .or(dst.formats.first())
         .or(src.formats.first())
         .map_or(0, |(_, rate)| *rate)
+}
+
+/// The call a rule belongs to, as `relayctl flows` shows it. Packets arrive
+/// from leg `leg`'s peer on `from_iface` and leave to the other leg on
+/// `to_iface`.
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct RuleContext {
+    pub call_id: String,
+    /// "a" (the first offerer's leg) or "b".
+    pub leg: String,
+    /// The SIP tag of that leg (from-tag of leg a, to-tag of leg b).
+    pub tag: Option<String>,
+    /// Stream (m-line) index and its media kind.
+    pub stream: usize,
+    pub media: String,
+    /// "rtp" or "rtcp".
+    pub component: String,
+    pub from_iface: String,
+    pub to_iface: String,
 }
 
 /// What `query` and the control socket show of a call.

@@ -9,7 +9,7 @@ use std::{
 };
 
 use super::{
-    call::{Call, CallView, Leg, Side, Stream},
+    call::{Call, CallView, Leg, RuleContext, Side, Stream},
     ports::{PortAllocator, PortError},
 };
 use crate::{
@@ -359,6 +359,28 @@ impl MediaCore {
             .get(call_id)
             .map(|m| m.keys().copied().collect())
             .unwrap_or_default()
+    }
+
+    /// The call context of every rule a call owns, by receiving endpoint
+    /// (rules absent here are static).
+    pub fn rule_contexts(&self) -> HashMap<SocketAddr, RuleContext> {
+        let name = |i: usize| {
+            self.ifaces
+                .get(i)
+                .map_or_else(String::new, |s| s.iface.name.clone())
+        };
+        let mut out = HashMap::new();
+        for (id, rules) in &self.installed {
+            let Some(call) = self.calls.get(id) else {
+                continue;
+            };
+            for local in rules.keys() {
+                if let Some(ctx) = call.rule_context(*local, name) {
+                    out.insert(*local, ctx);
+                }
+            }
+        }
+        out
     }
 
     /// Port pairs in use over all interfaces (leak checks).

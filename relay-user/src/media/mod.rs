@@ -6,7 +6,7 @@ pub mod call;
 pub mod core;
 pub mod ports;
 
-pub use call::CallView;
+pub use call::{CallView, RuleContext};
 pub use core::{Answer, MediaCore, MediaError, Offer, Outcome, RuleChange};
 
 #[cfg(test)]

@@ -132,6 +132,35 @@ fn answer_installs_both_directions_rtp_and_rtcp() {
 }
 
 #[test]
+fn every_call_rule_has_its_call_context() {
+    let mut core = core(10, (30000, 30009));
+    let changes = established(&mut core);
+    let contexts = core.rule_contexts();
+    assert_eq!(contexts.len(), installs(&changes).len());
+    let ctx = &contexts[&"192.0.2.1:30000".parse().unwrap()];
+    assert_eq!(
+        (ctx.call_id.as_str(), ctx.leg.as_str(), ctx.tag.as_deref()),
+        ("c", "a", Some("a"))
+    );
+    assert_eq!(
+        (ctx.from_iface.as_str(), ctx.to_iface.as_str()),
+        ("inside", "outside")
+    );
+    assert_eq!(
+        (ctx.stream, ctx.media.as_str(), ctx.component.as_str()),
+        (0, "audio", "rtp")
+    );
+    let ctx = &contexts[&"198.51.100.1:30001".parse().unwrap()];
+    assert_eq!((ctx.leg.as_str(), ctx.tag.as_deref()), ("b", Some("b")));
+    assert_eq!(
+        (ctx.from_iface.as_str(), ctx.component.as_str()),
+        ("outside", "rtcp")
+    );
+    core.delete("c").unwrap();
+    assert!(core.rule_contexts().is_empty());
+}
+
+#[test]
 fn repeated_offer_and_answer_change_nothing() {
     let mut core = core(10, (30000, 30009));
     established(&mut core);

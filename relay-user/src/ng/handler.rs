@@ -312,6 +312,14 @@ impl Ng {
         }
     }
 
+    /// Requests by command name plus "errors" (refused requests), and
+    /// "duplicates" (retransmissions answered from the cache): the metrics.
+    pub fn request_totals(&self) -> Vec<(&'static str, u64)> {
+        let mut out: Vec<_> = self.counters.totals.iter().map(|(k, v)| (*k, *v)).collect();
+        out.push(("duplicates", self.counters.duplicates));
+        out
+    }
+
     /// A call deleted over NG, with its last figures.
     fn count_ended(&mut self, totals: Totals) {
         self.counters.deleted_sessions += 1;

@@ -18,6 +18,7 @@ use crate::relay::Relay;
 pub struct NgServer {
     tasks: Vec<JoinHandle<()>>,
     addrs: Vec<SocketAddr>,
+    ng: Arc<Mutex<Ng>>,
 }
 
 impl NgServer {
@@ -50,7 +51,13 @@ impl NgServer {
             })
         };
         tasks.push(tick);
-        Ok(Self { tasks, addrs })
+        Ok(Self { tasks, addrs, ng })
+    }
+
+    /// The protocol state, for its request counters (metrics). Never lock
+    /// it while holding the relay: a request holds this, then the relay.
+    pub fn ng(&self) -> Arc<Mutex<Ng>> {
+        self.ng.clone()
     }
 
     /// The bound addresses (with the port the kernel chose for port 0).

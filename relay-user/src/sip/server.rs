@@ -25,13 +25,21 @@ pub struct SipStatus {
     pub calls: usize,
     pub trunks: Vec<TrunkStatus>,
     pub stats: SipStats,
+    /// Transport counters (TLS handshake failures, refused sources, ...).
+    #[serde(default)]
+    pub transport: super::transport::TransportStats,
 }
 
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct TrunkStatus {
     pub name: String,
+    /// False once OPTIONS went unanswered (new calls get 503); a trunk that
+    /// is not pinged stays up.
     pub up: bool,
     pub calls: u32,
+    /// OPTIONS keep-alive interval; absent when the trunk is not pinged.
+    #[serde(default)]
+    pub options_interval_s: Option<u64>,
 }
 
 /// Starts the SIP side: trunks, TLS and listeners are set up before this
@@ -108,12 +116,20 @@ async fn serve(
             // What the control socket shows (`relayctl trunks`).
             relay.sip = Some(SipStatus {
                 calls: b2bua.calls(),
+                // trunk_status() lists the trunks in the order of `trunks`.
                 trunks: b2bua
                     .trunk_status()
                     .into_iter()
-                    .map(|(name, up, calls)| TrunkStatus { name, up, calls })
+                    .zip(trunks.iter())
+                    .map(|((name, up, calls), t)| TrunkStatus {
+                        name,
+                        up,
+                        calls,
+                        options_interval_s: t.options_interval.map(|d| d.as_secs()),
+                    })
                     .collect(),
                 stats: b2bua.stats.clone(),
+                transport: transports.stats(),
             });
             sends
         };

@@ -141,7 +141,7 @@ pub enum TransportError {
 pub type Result<T, E = TransportError> = std::result::Result<T, E>;
 
 /// Counters since start (for metrics and tests).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct TransportStats {
     pub udp_received: u64,
     pub stream_received: u64,

@@ -1,6 +1,9 @@
 //! The control socket: one JSON object per line each way, over a Unix socket
 //! that only root may open (mode 0600). `relayctl` is its client. The schema
-//! is versioned (`v`) and documented in docs/control-api.md.
+//! is versioned (`v`), documented in docs/control-api.md and written down as
+//! a JSON Schema in docs/control-api.schema.json.
+
+pub mod flows;
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -43,6 +46,10 @@ pub enum Request {
     DelRule { local: SocketAddr },
     /// Every rule with its figures.
     Rules,
+    /// Every rule with its call context, path and age, and the read time.
+    Flows,
+    /// One rule (by id or relay endpoint) with its kernel map entries.
+    Flow { flow: flows::FlowRef },
     /// One rule with its figures.
     Rule { local: SocketAddr },
     /// Global counters.
@@ -133,6 +140,10 @@ pub fn handle_line(line: &str, relay: &Mutex<Relay>, started: Instant) -> Respon
         Request::AddRule { rule } => relay.add_static(rule).map(|r| to_json(&r)),
         Request::DelRule { local } => relay.remove_static(local).map(|r| to_json(&r)),
         Request::Rules => Ok(to_json(&relay.dp.views())),
+        Request::Flows => Ok(to_json(&flows::flows(&relay))),
+        Request::Flow { flow } => flows::flow(&relay, &flow)
+            .map(|d| to_json(&d))
+            .ok_or_else(|| anyhow!("no rule with {flow}")),
         Request::Rule { local } => relay
             .dp
             .view(local)
@@ -218,8 +229,13 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
         }
         std::fs::remove_file(path).with_context(|| format!("removing stale {}", path.display()))?;
     }
-    let listener = UnixListener::bind(path)
-        .with_context(|| format!("binding control socket {}", path.display()))?;
+    // The socket is created with the umask's mode: make that 0600 from the
+    // start, so there is no moment in which others may connect. relayd has no
+    // other thread creating files while it binds.
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let bound = UnixListener::bind(path);
+    nix::sys::stat::umask(old);
+    let listener = bound.with_context(|| format!("binding control socket {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(listener)
 }
