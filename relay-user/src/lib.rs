@@ -11,5 +11,6 @@ pub mod relay;
 pub mod rule;
 pub mod sdp;
 pub mod sip;
+pub mod srtp;
 #[cfg(test)]
 mod test_rng;
