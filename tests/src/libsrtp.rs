@@ -49,6 +49,8 @@ struct Policy {
 
 const SSRC_ANY_INBOUND: c_int = 2;
 const SSRC_ANY_OUTBOUND: c_int = 3;
+/// `sec_serv_auth`: authentication without confidentiality.
+const SEC_SERV_AUTH: c_int = 2;
 
 /// libsrtp status codes the tests look at.
 pub const OK: c_int = 0;
@@ -87,6 +89,16 @@ impl LibSrtp {
     /// A session for `key`'s suite; `inbound` for unprotecting. Fails with
     /// libsrtp's status code (e.g. when the library lacks the suite).
     pub fn new(key: &MasterKey, inbound: bool) -> Result<Self, c_int> {
+        Self::with_rtcp_encryption(key, inbound, true)
+    }
+
+    /// As [`Self::new`]; with `rtcp_encrypt` false, SRTCP is authenticated
+    /// only (E = 0), which relay never sends but must accept.
+    pub fn with_rtcp_encryption(
+        key: &MasterKey,
+        inbound: bool,
+        rtcp_encrypt: bool,
+    ) -> Result<Self, c_int> {
         static INIT: Once = Once::new();
         let mut init = OK;
         // SAFETY: srtp_init has no preconditions; Once runs it once.
@@ -117,6 +129,9 @@ impl LibSrtp {
                     srtp_crypto_policy_set_aes_gcm_256_16_auth(&mut rtcp);
                 }
             }
+        }
+        if !rtcp_encrypt {
+            rtcp.sec_serv = SEC_SERV_AUTH;
         }
         let policy = Policy {
             ssrc: Ssrc {

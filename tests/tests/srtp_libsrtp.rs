@@ -197,3 +197,36 @@ fn tampering_and_replays_rejected_both_ways() {
         );
     }
 }
+
+/// SRTCP with E = 0 (authenticated, not encrypted): relay never sends it but
+/// accepts it, checked against libsrtp's for AES-CM and for GCM (where the
+/// whole packet becomes AAD, RFC 7714 section 9.2).
+#[test]
+fn unencrypted_srtcp_from_libsrtp_accepted() {
+    for suite in Suite::ALL {
+        let key = MasterKey::generate(suite).unwrap();
+        let mut tx = LibSrtp::with_rtcp_encryption(&key, false, false).unwrap();
+        let mut rx = ours(&key, Direction::Inbound);
+        for i in 0..3 {
+            let plain = rtcp(i);
+            let (mut b, len) = with_room(&plain);
+            let n = tx.protect_rtcp(&mut b, len).unwrap();
+            assert_eq!(
+                b[..len],
+                plain[..],
+                "{suite}: E = 0 leaves the packet clear"
+            );
+            let mut bad = b[..n].to_vec();
+            bad[10] ^= 1;
+            assert_eq!(
+                rx.unprotect_rtcp(&mut bad),
+                Err(Error::AuthFailed),
+                "{suite}"
+            );
+            let m = rx
+                .unprotect_rtcp(&mut b[..n])
+                .unwrap_or_else(|e| panic!("{suite}: relay refused E=0 SRTCP {i}: {e}"));
+            assert_eq!(b[..m], plain[..], "{suite} SRTCP {i}");
+        }
+    }
+}
