@@ -16,6 +16,9 @@ use super::{
 pub const MAX_SSRCS: usize = 16;
 
 const RTP_HEADER: usize = 12;
+/// The largest packet [`Context::authenticate_rtp`] checks: more than any
+/// UDP payload on an Ethernet path (jumbo frames included).
+pub const MAX_PACKET: usize = 9216;
 const RTCP_HEADER: usize = 8;
 /// The E flag of the SRTCP index word: the payload is encrypted.
 const E_FLAG: u32 = 0x8000_0000;
@@ -183,6 +186,20 @@ impl Context {
         }
         self.rtp_streams.accept(ssrc, index);
         Ok(auth_end)
+    }
+
+    /// Checks an SRTP packet's authentication without touching it, for
+    /// authenticated latching: on a pass-through leg whose peer address must
+    /// be learned, the first packets come up from XDP and only one that
+    /// passes this (with the negotiated key) may lock the source. It works on
+    /// a copy, and moves the replay window like [`Self::unprotect_rtp`], so a
+    /// genuine packet replayed from another address cannot latch after the
+    /// genuine one was seen.
+    pub fn authenticate_rtp(&mut self, packet: &[u8]) -> Result<(), Error> {
+        let mut copy = [0u8; MAX_PACKET];
+        let copy = copy.get_mut(..packet.len()).ok_or(Error::Malformed)?;
+        copy.copy_from_slice(packet);
+        self.unprotect_rtp(copy).map(|_| ())
     }
 
     /// Protects the RTCP compound packet in `buf[..len]` in place (always

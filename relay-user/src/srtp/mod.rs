@@ -24,7 +24,7 @@ mod transform;
 #[cfg(test)]
 mod tests;
 
-pub use context::{Context, Direction, MAX_SSRCS};
+pub use context::{Context, Direction, MAX_PACKET, MAX_SSRCS};
 pub use error::Error;
 pub use key::MasterKey;
 pub use replay::WINDOW;

@@ -70,6 +70,12 @@ impl CryptoAttribute {
         })
     }
 
+    /// The line that answers this offered one (RFC 4568 section 6.1): the
+    /// same tag and suite, our own fresh key.
+    pub fn answer(&self) -> Result<Self, SdesError> {
+        Self::generate(self.tag, self.suite())
+    }
+
     pub fn suite(&self) -> Suite {
         self.key.suite()
     }

@@ -810,3 +810,50 @@ fn fuzz_sdes_parse_never_panics() {
         let _ = CryptoAttribute::parse(&String::from_utf8_lossy(&bytes));
     }
 }
+
+#[test]
+fn authenticate_rtp_checks_without_touching() {
+    for suite in Suite::ALL {
+        let (mut tx, mut rx) = pair(suite);
+        let p = protect(&mut tx, 1);
+        let mut forged = p.clone();
+        forged[15] ^= 1;
+        assert_eq!(
+            rx.authenticate_rtp(&forged),
+            Err(Error::AuthFailed),
+            "{suite}"
+        );
+        assert_eq!(rx.authenticate_rtp(&p), Ok(()), "{suite}");
+        // The genuine packet again (say, replayed from another address).
+        assert_eq!(rx.authenticate_rtp(&p), Err(Error::Replay), "{suite}");
+        assert_eq!(
+            rx.authenticate_rtp(&vec![0x80; super::MAX_PACKET + 1]),
+            Err(Error::Malformed)
+        );
+        // The packet is still SRTP for whoever forwards it: another receiver
+        // decrypts it.
+        let (_, mut other) = pair(suite);
+        assert_eq!(
+            unprotect(&mut other, &p).unwrap(),
+            rtp(1, SSRC, 160).0[..172]
+        );
+    }
+}
+
+#[test]
+fn sdes_answer_keeps_tag_and_suite_with_a_fresh_key() {
+    for suite in Suite::ALL {
+        let offer = CryptoAttribute::generate(7, suite).unwrap();
+        let answer = offer.answer().unwrap();
+        assert_eq!((answer.tag, answer.suite()), (7, suite));
+        assert_ne!(answer.key, offer.key);
+    }
+}
+
+/// The forwarder moves contexts between threads (one per worker).
+#[test]
+fn context_is_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Context>();
+    check::<MasterKey>();
+}
