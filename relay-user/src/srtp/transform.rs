@@ -104,7 +104,8 @@ impl Transform {
 
 impl Drop for Transform {
     fn drop(&mut self) {
-        // The cipher states wipe themselves (aws-lc-rs); the salts are ours.
+        // aws-lc-rs zeroes AES key schedules and AWS-LC cleans HMAC contexts
+        // when they drop; the salts are ours to wipe.
         match self {
             Transform::Cm { salt, .. } => salt.zeroize(),
             Transform::Gcm { salt, .. } => salt.zeroize(),
