@@ -13,5 +13,6 @@ pub mod relay;
 pub mod rule;
 pub mod sdp;
 pub mod sip;
+pub mod srtp;
 #[cfg(test)]
 mod test_rng;

@@ -8,6 +8,8 @@
 //!   maps, and `BPF_PROG_TEST_RUN`.
 //! - [`frames`]: Ethernet frames built and checked with `etherparse`, an
 //!   implementation independent of the code under test.
+//! - [`libsrtp`]: a minimal binding to libsrtp 2, the reference SRTP
+//!   implementation, for interop tests and the SRTP benchmark.
 //! - [`clock`]: CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns`.
 //! - [`ng_peers`]: Kamailio, sipp, a second relayd and an NG client for the
 //!   NG protocol tests.
@@ -16,6 +18,7 @@ pub mod bench_build;
 pub mod bpffs;
 pub mod clock;
 pub mod frames;
+pub mod libsrtp;
 pub mod netns;
 pub mod ng_peers;
 pub mod privilege;

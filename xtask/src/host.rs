@@ -1,6 +1,6 @@
 //! What the privileged integration tests need from the machine: the `ip` tool
 //! (iproute2, for network namespaces and veths), `ethtool` (checksum offload
-//! off on test veths) and bpffs at /sys/fs/bpf (for
+//! off on test veths), libsrtp2 (SRTP interop) and bpffs at /sys/fs/bpf (for
 //! pinned maps). Installed or mounted only when running as root.
 
 use std::process::{Command, Stdio};
@@ -29,6 +29,9 @@ const TOOLS: &[(&str, &str, &str)] = &[
     // sipp exits non-zero even for -v; its G.711 sample (read by the NG
     // tests) shows the package is there.
     ("ls", "/usr/share/sip-tester/g711a.pcap", "sip-tester"),
+    // libsrtp, the reference SRTP implementation: relay-tests links it for
+    // the SRTP interop tests and `bench srtp`.
+    ("ls", "/usr/include/srtp2/srtp.h", "libsrtp2-dev"),
 ];
 
 /// Checks each tool runs; as root, installs the missing ones with apt-get.

@@ -64,6 +64,9 @@ enum Benchmark {
     /// SIP call setup rate through the B2BUA with sipp and a Kamailio TLS
     /// service (the relay-bench-sip binary).
     Sip,
+    /// SRTP protect/unprotect per second on one core for every suite, relay
+    /// against libsrtp (the relay-bench-srtp binary).
+    Srtp,
 }
 
 fn main() -> ExitCode {
@@ -152,8 +155,13 @@ fn bench(what: Benchmark, json: bool) -> Result<()> {
     let bin = match what.as_str() {
         "ng" => "relay-bench-ng",
         "sip" => "relay-bench-sip",
+        "srtp" => "relay-bench-srtp",
         _ => "relay-bench",
     };
+    if what == "srtp" {
+        // libsrtp is its reference; relay-tests links it.
+        host::ensure_tools()?;
+    }
     if what == "sip" {
         // sipp and Kamailio with TLS are its peers.
         host::ensure_tools()?;
