@@ -317,6 +317,10 @@ request_route {{
         &[
             "-DD",
             "-E",
+            // Shared memory for transactions and TLS state: the 64 MB default
+            // runs out at the SIP benchmark's highest rate.
+            "-m",
+            "512",
             "-f",
             cfg.to_str().context("path")?,
             "-P",

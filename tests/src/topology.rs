@@ -48,6 +48,9 @@ pub struct RelaydOpts {
     pub ng_listen: Option<SocketAddr>,
     /// Raw TOML appended to the configuration (e.g. `[sip]` and trunks).
     pub extra: String,
+    /// Media ports per interface: inside from 30000, outside from 40000,
+    /// edge from 50000 (at most 10,000 each).
+    pub ports: u16,
 }
 
 impl Default for RelaydOpts {
@@ -57,6 +60,7 @@ impl Default for RelaydOpts {
             max_flows: 16384,
             ng_listen: None,
             extra: String::new(),
+            ports: 1000,
         }
     }
 }
@@ -157,7 +161,9 @@ impl Topology {
             max_flows,
             ng_listen,
             extra,
+            ports,
         } = opts;
+        let span = (*ports).clamp(2, 10_000) - 1;
         let ng = ng_listen
             .map(|a| format!("\n[ng]\nlisten = \"{a}\"\n"))
             .unwrap_or_default();
@@ -178,23 +184,26 @@ socket = "{sock}"
 name = "inside"
 device = "in0"
 address = "{RELAY_IN}"
-ports = "30000-30999"
+ports = "30000-{in_max}"
 
 [[interface]]
 name = "outside"
 device = "out0"
 address = "{RELAY_OUT}"
-ports = "40000-40999"
+ports = "40000-{out_max}"
 
 [[interface]]
 name = "edge"
 device = "edge0"
 address = "{RELAY_EDGE}"
-ports = "50000-50999"
+ports = "50000-{edge_max}"
 {ng}
 {extra}"#,
                 pin = self.pin_path.display(),
                 sock = self.control_socket().display(),
+                in_max = 30000 + span,
+                out_max = 40000 + span,
+                edge_max = 50000 + span,
             ),
         )?;
         let log = std::fs::File::create(self.dir.join("relayd.log"))?;

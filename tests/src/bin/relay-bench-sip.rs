@@ -67,6 +67,8 @@ fn run(json: bool) -> Result<()> {
         extra: relay_sip_config(&pki, 30)
             .replace("invite_rate_per_source = 100", "invite_rate_per_source = 0"),
         max_flows: 65536,
+        // Room for the calls in flight at the highest rate.
+        ports: 10_000,
         ..RelaydOpts::default()
     })?;
     let pid = t.relayd_pid().context("relayd pid")?;
