@@ -187,6 +187,14 @@ fn call_with_audio(transport: &str, pbx_hangs_up: bool) {
     finish(&s, &mut caller, Duration::from_secs(30));
     finish(&s, &mut callee, Duration::from_secs(30));
     assert_clean(&s);
+    // Log lines carry the span of the call they belong to: the 200 OK came
+    // on the service leg, whose Call-ID is the relay's own.
+    let rlog = s.t.relayd_log();
+    let answered = rlog
+        .lines()
+        .find(|l| l.contains("call answered"))
+        .unwrap_or_else(|| panic!("no 'call answered' line:\n{rlog}"));
+    assert!(answered.contains("sip{call_id="), "{answered}");
     let klog = s.kamailio.log();
     assert!(
         klog.contains("over tls diversion=<sip:2000@pbx.example.test>"),

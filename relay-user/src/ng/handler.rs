@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use tracing::{debug, info, warn};
+use tracing::{debug, info, info_span, warn};
 
 use super::{
     bencode::{self, Dict, Value},
@@ -257,6 +257,10 @@ impl Ng {
         now: Instant,
     ) -> Value {
         let r = Request::from_value(value);
+        let _span = r
+            .call_id
+            .as_deref()
+            .map(|id| info_span!("ng", call_id = id).entered());
         let name: &'static str = match &r.command {
             Some(Command::Ping) => "ping",
             Some(Command::Offer) => "offer",

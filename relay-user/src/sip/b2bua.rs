@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tracing::{debug, info, warn};
+use tracing::{debug, info, info_span, warn};
 
 use super::{
     dialog::{Dialog, OutgoingInvite, copy_allowed},
@@ -355,6 +355,13 @@ impl B2bua {
     }
 
     fn event(&mut self, event: Event, relay: &mut Relay, now: Instant) -> Vec<Action> {
+        // Every line logged while handling a message carries the Call-ID it
+        // arrived with (the B2BUA's own `call` number links the two legs).
+        let call_id = match &event {
+            Event::Request { msg, .. } | Event::Response { msg, .. } => msg.call_id(),
+            _ => None,
+        };
+        let _span = call_id.map(|id| info_span!("sip", call_id = id).entered());
         match event {
             Event::Request { key, msg, from } => self.request(key, msg, from, relay, now),
             // We ACK the callee ourselves when its 2xx arrives; the caller's
