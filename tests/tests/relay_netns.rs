@@ -264,17 +264,35 @@ fn scenario(mode: &str) {
         assert_eq!(f["path"], want, "{f:#}");
     }
 
-    // Deleting the rules stops the media and frees the sockets.
+    // Deleting the rules stops the media and frees the sockets: they stay
+    // bound in the forwarder's pool, where a packet finds no rule and is
+    // counted as such (in userspace mode; XDP drops it before).
     for local in ["192.0.2.1:30000", "198.51.100.1:40000", "192.0.2.1:30002"] {
         relayctl_ok(&t, &["rule", "del", local]);
     }
+    let no_flow = |c: &CountersView| {
+        let map = if mode == "xdp" { &c.xdp } else { &c.userspace };
+        map.as_ref()
+            .and_then(|m| m.get("drop_no_flow").copied())
+            .unwrap_or(0)
+    };
+    let before = no_flow(&counters(&t));
     caller
         .send_to(&rtp(0x1111, 999, 4), "192.0.2.1:30000")
         .unwrap();
     silent(&callee);
+    assert_eq!(
+        no_flow(&counters(&t)),
+        before + 1,
+        "the packet to a pooled socket counted as no_flow"
+    );
     let version = t.call(&Request::Version).unwrap();
     assert_eq!(version["rules"], 0);
     assert_eq!(version["bound_endpoints"], 0);
+    assert!(
+        version["idle_sockets"].as_u64().unwrap() >= 3,
+        "sockets kept for the next rules: {version}"
+    );
 
     let status = t.stop_relayd().unwrap();
     assert!(
