@@ -293,6 +293,7 @@ pub fn flow_rule(
         policy: policy as u8,
         // G.711, what `frames::rtp` builds.
         clock_rate: 8000,
-        _reserved: [0; 4],
+        flags: 0,
+        _reserved: [0; 3],
     }
 }

@@ -34,7 +34,11 @@ use relay_common::{
 use tokio::{net::UdpSocket, sync::mpsc, task::JoinHandle};
 use tracing::debug;
 
-use super::{LatchNotice, monotonic_ns};
+use super::{
+    LatchNotice,
+    crypto::{self, FlowCrypto, TAG_ROOM},
+    monotonic_ns,
+};
 use crate::rule::{self, Path, Rule};
 
 /// One rule as the forwarder keeps it.
@@ -44,6 +48,9 @@ struct Entry {
     state: FlowState,
     stats: FlowStats,
     out: Arc<UdpSocket>,
+    /// SRTP contexts of SRTP flows. Kept in the entry, under the entries
+    /// lock the packet path already holds, so no second lock per packet.
+    crypto: Option<FlowCrypto>,
 }
 
 /// A bound relay endpoint and how many rules use it (0: idle in the pool).
@@ -104,10 +111,20 @@ impl Forwarder {
         }
         let out = self.endpoints[&rule.out_src].socket.clone();
         let mut entries = self.lock();
-        let (state, stats) = match entries.remove(&rule.local) {
-            Some(e) if !reset_state => (e.state, e.stats),
-            Some(e) => (FlowState::default(), e.stats),
-            None => Default::default(),
+        let old = entries.remove(&rule.local);
+        // Unchanged keys keep their contexts (rollover counters and replay
+        // windows); new keys start new ones.
+        let crypto = match old {
+            Some(ref e) if e.rule.srtp == rule.srtp && !reset_state => None,
+            _ => Some(match &rule.srtp {
+                Some(keys) => FlowCrypto::new(keys).context("SRTP keys of the rule")?,
+                None => None,
+            }),
+        };
+        let (state, stats, crypto) = match old {
+            Some(e) if !reset_state => (e.state, e.stats, crypto.unwrap_or(e.crypto)),
+            Some(e) => (FlowState::default(), e.stats, crypto.flatten()),
+            None => (FlowState::default(), FlowStats::default(), crypto.flatten()),
         };
         entries.insert(
             rule.local,
@@ -117,6 +134,7 @@ impl Forwarder {
                 state,
                 stats,
                 out,
+                crypto,
             },
         );
         Ok(())
@@ -254,7 +272,9 @@ enum Received {
 }
 
 fn receive(socket: &UdpSocket, local: SocketAddr, shared: &Shared, buf: &mut [u8]) -> Received {
-    let (len, from) = match socket.try_recv_from(buf) {
+    // The tail stays free so SRTP can append its tag in place.
+    let room = buf.len() - TAG_ROOM;
+    let (len, from) = match socket.try_recv_from(&mut buf[..room]) {
         Ok(r) => r,
         Err(e) if e.kind() == ErrorKind::WouldBlock => return Received::Empty,
         Err(e) => {
@@ -263,10 +283,10 @@ fn receive(socket: &UdpSocket, local: SocketAddr, shared: &Shared, buf: &mut [u8
             return Received::Done;
         }
     };
-    let packet = &buf[..len];
-    let Some((out, dst)) = decide(shared, local, from, packet) else {
+    let Some((out, dst, len)) = decide(shared, local, from, buf, len) else {
         return Received::Done;
     };
+    let packet = &buf[..len];
     match out.try_send_to(packet, dst) {
         Err(e) if e.kind() == ErrorKind::WouldBlock => Received::Blocked(packet.to_vec(), out, dst),
         Err(e) => {
@@ -277,27 +297,29 @@ fn receive(socket: &UdpSocket, local: SocketAddr, shared: &Shared, buf: &mut [u8
     }
 }
 
-/// The per-packet decision; mirrors the XDP program step for step.
+/// The per-packet decision; mirrors the XDP program step for step, then
+/// applies the flow's SRTP step. Returns the packet's new length.
 fn decide(
     shared: &Shared,
     local: SocketAddr,
     from: SocketAddr,
-    payload: &[u8],
-) -> Option<(Arc<UdpSocket>, SocketAddr)> {
+    buf: &mut [u8],
+    len: usize,
+) -> Option<(Arc<UdpSocket>, SocketAddr, usize)> {
     let now = monotonic_ns();
     let mut entries = shared.entries.lock().unwrap_or_else(|p| p.into_inner());
     let Some(entry) = entries.get_mut(&local) else {
         count_drop(shared, DropReason::NoFlow);
         return None;
     };
-    let verdict = check(entry, from, payload, now);
+    let verdict = check(entry, from, buf, len, now);
     match verdict {
         Err(reason) => {
             entry.stats.drops[reason as usize] += 1;
             count_drop(shared, reason);
             None
         }
-        Ok(latched) => {
+        Ok((latched, new_len)) => {
             if latched {
                 let _ = shared.events.send(LatchNotice {
                     rule_id: entry.rule.id,
@@ -308,21 +330,24 @@ fn decide(
                 });
             }
             entry.stats.packets += 1;
-            entry.stats.bytes += payload.len() as u64;
+            entry.stats.bytes += len as u64;
             entry.stats.last_seen_ns = now;
             shared.forwarded.fetch_add(1, Ordering::Relaxed);
-            Some((entry.out.clone(), entry.rule.dst))
+            Some((entry.out.clone(), entry.rule.dst, new_len))
         }
     }
 }
 
-/// Ok(true) when this packet latched the rule's source.
+/// Ok((true, _)) when this packet latched the rule's source; the length is
+/// the packet's after the SRTP step.
 fn check(
     entry: &mut Entry,
     from: SocketAddr,
-    payload: &[u8],
+    buf: &mut [u8],
+    len: usize,
     now: u64,
-) -> Result<bool, DropReason> {
+) -> Result<(bool, usize), DropReason> {
+    let payload = &buf[..len];
     if entry.rule.path == Path::Block {
         return Err(DropReason::Blocked);
     }
@@ -338,29 +363,45 @@ fn check(
         payload[off + 2],
         payload[off + 3],
     ]);
+    let (seq, ts) = (
+        u16::from_be_bytes([payload[2], payload[3]]),
+        u32::from_be_bytes([payload[4], payload[5], payload[6], payload[7]]),
+    );
     let src = rule::addr_of(canonical(from).ip());
+    // The source is checked (and maybe learned) on a copy of the state: an
+    // SRTP packet may teach it only once it has authenticated below.
+    let mut state = entry.state;
     let latched = policy::check_source(
         &entry.kernel,
-        &mut entry.state,
+        &mut state,
         &src,
         from.port().to_be_bytes(),
         ssrc,
         now,
     )? == SourceCheck::Latched;
-    policy::check_rate(&entry.kernel, &mut entry.state, now)?;
+    policy::check_rate(&entry.kernel, &mut state, now)?;
+    // A packet that passed the rate limit spent its token even if it fails
+    // authentication: forged packets are limited like any others.
+    entry.state.tat_ns = state.tat_ns;
+    let rtcp = policy::is_rtcp(second);
+    let len = match &mut entry.crypto {
+        Some(c) => c.apply(buf, len, rtcp).map_err(crypto::drop_reason)?,
+        None => len,
+    };
+    entry.state = state;
     // RTP quality with the XDP program's code (check_rtp vouched for the
-    // 12-byte header).
-    if !policy::is_rtcp(second) {
+    // 12-byte header, which SRTP leaves in the clear).
+    if !rtcp {
         quality::rtp_arrived(
             &mut entry.state.quality,
             entry.kernel.clock_rate,
             ssrc,
-            u16::from_be_bytes([payload[2], payload[3]]),
-            u32::from_be_bytes([payload[4], payload[5], payload[6], payload[7]]),
+            seq,
+            ts,
             now,
         );
     }
-    Ok(latched)
+    Ok((latched, len))
 }
 
 /// IPv4-mapped IPv6 sources (dual-stack sockets) compare as IPv4.

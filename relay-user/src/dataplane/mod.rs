@@ -2,6 +2,7 @@
 //! statistics and latch events, on the XDP program plus the userspace
 //! forwarder, or on the forwarder alone.
 
+pub mod crypto;
 pub mod forwarder;
 pub mod kernel;
 pub mod maps;

@@ -369,6 +369,9 @@ impl Ng {
             from_iface,
             to_iface,
             from_policy: prepared.policy,
+            from_srtp: None,
+            to_srtp: None,
+            srtp: None,
             now_ns: monotonic_ns(),
         });
         let sdp_out = match result {
@@ -890,7 +893,7 @@ fn prepare_sdp(r: &Request, text: &str, warnings: &mut Vec<String>) -> Result<Pr
                     .map(|m| MediaRewrite {
                         port: None,
                         rtcp_port: m.rtcp.map(|(p, _)| p),
-                        direction: None,
+                        ..MediaRewrite::default()
                     })
                     .collect(),
                 strip_ice: false,

@@ -508,6 +508,9 @@ impl B2bua {
             from_iface: Some(&a_cfg.interface),
             to_iface: Some(&b_cfg.interface),
             from_policy: None,
+            from_srtp: None,
+            to_srtp: None,
+            srtp: None,
             now_ns: crate::dataplane::monotonic_ns(),
         });
         let b_sdp = match offered {
