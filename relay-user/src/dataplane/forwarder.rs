@@ -405,7 +405,7 @@ fn check(
 }
 
 /// IPv4-mapped IPv6 sources (dual-stack sockets) compare as IPv4.
-fn canonical(a: SocketAddr) -> SocketAddr {
+pub(super) fn canonical(a: SocketAddr) -> SocketAddr {
     match a {
         SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
             Some(v4) => SocketAddr::new(v4.into(), v6.port()),
