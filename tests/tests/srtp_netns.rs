@@ -425,7 +425,7 @@ fn passthrough_authenticated_latching_then_xdp() {
     assert_eq!(v["latched_source"], "192.0.2.10:4000", "{v:#}");
     let user = packets(&v, "userspace");
     assert!(
-        user >= 1 && user < 10,
+        (1..10).contains(&user),
         "only the first packets went up: {v:#}"
     );
     assert!(
