@@ -418,8 +418,29 @@ ports = "40000-40999"
     #[test]
     fn example_in_docs_parses() {
         let text = include_str!("../../docs/relay.example.toml");
-        let (_, ifs) = Config::parse(text, Path::new("docs/relay.example.toml")).unwrap();
+        let (c, ifs) = Config::parse(text, Path::new("docs/relay.example.toml")).unwrap();
         assert_eq!(ifs.len(), 2);
+        assert_eq!(ifs[0].srtp, crate::media::SrtpPolicy::Off);
+        assert_eq!(ifs[1].srtp, crate::media::SrtpPolicy::Required);
+        assert!(!c.media.srtp_passthrough);
+    }
+
+    #[test]
+    fn srtp_policy_per_interface() {
+        let (_, ifs) = Config::parse(GOOD, Path::new("relay.toml")).unwrap();
+        assert_eq!(ifs[0].srtp, crate::media::SrtpPolicy::Optional, "default");
+        let text = GOOD.replace(
+            "ports = \"40000-40999\"",
+            "ports = \"40000-40999\"\nsrtp = \"required\"",
+        ) + "\n[media]\nsrtp_passthrough = true\n";
+        let (c, ifs) = Config::parse(&text, Path::new("relay.toml")).unwrap();
+        assert_eq!(ifs[1].srtp, crate::media::SrtpPolicy::Required);
+        assert!(c.media.srtp_passthrough);
+        let e = err(&GOOD.replace(
+            "ports = \"40000-40999\"",
+            "ports = \"40000-40999\"\nsrtp = \"maybe\"",
+        ));
+        assert!(e.contains("maybe"), "{e}");
     }
 
     const SIP: &str = r#"
