@@ -19,6 +19,7 @@ use std::{
     collections::HashMap,
     io::ErrorKind,
     net::SocketAddr,
+    os::fd::AsRawFd,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -31,12 +32,13 @@ use relay_common::{
     policy::{self, SourceCheck},
     quality,
 };
-use tokio::{net::UdpSocket, sync::mpsc, task::JoinHandle};
+use tokio::{io::Interest, net::UdpSocket, sync::mpsc, task::JoinHandle};
 use tracing::debug;
 
 use super::{
     LatchNotice,
-    crypto::{self, FlowCrypto, TAG_ROOM},
+    crypto::{self, FlowCrypto},
+    mmsg::{self, Batch},
     monotonic_ns,
 };
 use crate::rule::{self, Path, Rule};
@@ -230,12 +232,14 @@ impl Drop for Forwarder {
 /// Descriptors left for everything but relay sockets.
 pub const FD_RESERVE: u64 = 4_096;
 
-/// Packets handled per wake-up before the task yields to the others.
-const BATCH: usize = 32;
+/// Batches (of up to `mmsg::BATCH` datagrams) handled per wake-up before
+/// the task yields to the others.
+const ROUNDS: usize = 4;
 
 thread_local! {
-    /// One receive buffer per worker thread: idle endpoints hold none.
-    static RECV_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0u8; 65_536]);
+    /// One batch of receive buffers per worker thread: idle endpoints hold
+    /// none.
+    static BATCH_BUF: RefCell<Batch> = RefCell::new(Batch::new());
 }
 
 /// Receives on one relay endpoint and forwards what the rules allow.
@@ -246,14 +250,16 @@ async fn serve(socket: Arc<UdpSocket>, local: SocketAddr, shared: Arc<Shared>) {
             tokio::task::yield_now().await;
             continue;
         }
-        for _ in 0..BATCH {
-            match RECV_BUF.with_borrow_mut(|buf| receive(&socket, local, &shared, buf)) {
+        for _ in 0..ROUNDS {
+            match BATCH_BUF.with_borrow_mut(|b| receive(&socket, local, &shared, b)) {
                 Received::Done => {}
                 Received::Empty => break,
-                // The send buffer is full: wait for room rather than lose it.
-                Received::Blocked(packet, out, dst) => {
-                    if let Err(e) = out.send_to(&packet, dst).await {
-                        debug!(%local, %dst, error = %e, "send");
+                // The send buffer is full: wait for room rather than lose them.
+                Received::Blocked(packets, out, dst) => {
+                    for packet in packets {
+                        if let Err(e) = out.send_to(&packet, dst).await {
+                            debug!(%local, %dst, error = %e, "send");
+                        }
                     }
                 }
             }
@@ -263,19 +269,19 @@ async fn serve(socket: Arc<UdpSocket>, local: SocketAddr, shared: Arc<Shared>) {
 }
 
 enum Received {
-    /// A packet was forwarded or dropped.
+    /// A batch was forwarded or dropped.
     Done,
     /// Nothing (more) to read.
     Empty,
-    /// Allowed, but the outgoing socket's buffer is full.
-    Blocked(Vec<u8>, Arc<UdpSocket>, SocketAddr),
+    /// Allowed, but the outgoing socket's buffer is full: these are left.
+    Blocked(Vec<Vec<u8>>, Arc<UdpSocket>, SocketAddr),
 }
 
-fn receive(socket: &UdpSocket, local: SocketAddr, shared: &Shared, buf: &mut [u8]) -> Received {
-    // The tail stays free so SRTP can append its tag in place.
-    let room = buf.len() - TAG_ROOM;
-    let (len, from) = match socket.try_recv_from(&mut buf[..room]) {
-        Ok(r) => r,
+/// One `recvmmsg`, the decisions under one lock, one `sendmmsg`.
+fn receive(socket: &UdpSocket, local: SocketAddr, shared: &Shared, b: &mut Batch) -> Received {
+    let n = match socket.try_io(Interest::READABLE, || b.recv(socket.as_raw_fd())) {
+        Ok(0) => return Received::Empty,
+        Ok(n) => n,
         Err(e) if e.kind() == ErrorKind::WouldBlock => return Received::Empty,
         Err(e) => {
             // ICMP errors from earlier sends surface here; keep serving.
@@ -283,31 +289,70 @@ fn receive(socket: &UdpSocket, local: SocketAddr, shared: &Shared, buf: &mut [u8
             return Received::Done;
         }
     };
-    let Some((out, dst, len)) = decide(shared, local, from, buf, len) else {
+    let mut items = [(0usize, 0usize); mmsg::BATCH];
+    let mut k = 0;
+    let mut route = None;
+    {
+        let now = monotonic_ns();
+        let mut entries = shared.entries.lock().unwrap_or_else(|p| p.into_inner());
+        for i in 0..n {
+            let (from, len) = b.received(i);
+            let Some(from) = from else {
+                // Truncated (larger than any media packet) or not IP.
+                count_drop(shared, DropReason::Malformed);
+                continue;
+            };
+            if let Some((out, dst, len)) =
+                decide(&mut entries, shared, local, from, b.slot_mut(i), len, now)
+            {
+                items[k] = (i, len);
+                k += 1;
+                route = Some((out, dst));
+            }
+        }
+    }
+    // One rule per receiving endpoint, and the lock was held for the whole
+    // batch: every accepted packet leaves through the same socket to the
+    // same destination.
+    let Some((out, dst)) = route else {
         return Received::Done;
     };
-    let packet = &buf[..len];
-    match out.try_send_to(packet, dst) {
-        Err(e) if e.kind() == ErrorKind::WouldBlock => Received::Blocked(packet.to_vec(), out, dst),
-        Err(e) => {
-            debug!(%local, %dst, error = %e, "send");
-            Received::Done
+    let mut done = 0;
+    while done < k {
+        match out.try_io(Interest::WRITABLE, || {
+            b.send(out.as_raw_fd(), dst, &items[done..k])
+        }) {
+            Ok(0) => break,
+            Ok(sent) => done += sent,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) => {
+                // The first datagram failed (e.g. no route): skip it.
+                debug!(%local, %dst, error = %e, "send");
+                done += 1;
+            }
         }
-        Ok(_) => Received::Done,
     }
+    if done < k {
+        let left = items[done..k]
+            .iter()
+            .map(|&(slot, len)| b.slot(slot)[..len].to_vec())
+            .collect();
+        return Received::Blocked(left, out, dst);
+    }
+    Received::Done
 }
 
 /// The per-packet decision; mirrors the XDP program step for step, then
 /// applies the flow's SRTP step. Returns the packet's new length.
 fn decide(
+    entries: &mut HashMap<SocketAddr, Entry>,
     shared: &Shared,
     local: SocketAddr,
     from: SocketAddr,
     buf: &mut [u8],
     len: usize,
+    now: u64,
 ) -> Option<(Arc<UdpSocket>, SocketAddr, usize)> {
-    let now = monotonic_ns();
-    let mut entries = shared.entries.lock().unwrap_or_else(|p| p.into_inner());
     let Some(entry) = entries.get_mut(&local) else {
         count_drop(shared, DropReason::NoFlow);
         return None;

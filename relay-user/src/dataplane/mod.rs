@@ -6,6 +6,7 @@ pub mod crypto;
 pub mod forwarder;
 pub mod kernel;
 pub mod maps;
+pub mod mmsg;
 pub mod view;
 
 use std::{
