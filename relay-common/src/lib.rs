@@ -135,8 +135,17 @@ pub struct FlowRule {
     /// RTP clock rate of the stream (Hz), for the jitter figure; 0 = not RTP
     /// or unknown (sequence figures are still kept).
     pub clock_rate: u32,
-    pub _reserved: [u8; 4],
+    /// `FLAG_*` bits.
+    pub flags: u8,
+    pub _reserved: [u8; 3],
 }
+
+/// [`FlowRule::flags`]: the source must be learned in userspace, after the
+/// packet authenticated (SRTP legs): while the rule's state is not locked,
+/// the program passes packets up instead of latching on them itself, so an
+/// unauthenticated packet can never teach the source (RTP Bleed,
+/// CVE-2025-53399). Userspace writes the learned source into `FLOW_STATE`.
+pub const FLAG_AUTH_LATCH: u8 = 1;
 
 /// Per-rule state written by the data plane (the `FLOW_STATE` map value).
 /// Userspace creates it zeroed with the rule and resets it when the rule's
@@ -192,9 +201,14 @@ pub enum DropReason {
     Blocked = 4,
     /// Broken headers (IHL, lengths) on packets to a relay address.
     Malformed = 5,
+    /// SRTP/SRTCP that failed authentication or could not be processed
+    /// (wrong key, tampered, truncated, malformed). Userspace only.
+    SrtpAuth = 6,
+    /// SRTP/SRTCP replayed or older than the replay window. Userspace only.
+    SrtpReplay = 7,
 }
 
-pub const DROP_REASONS: usize = 6;
+pub const DROP_REASONS: usize = 8;
 
 impl DropReason {
     pub const ALL: [DropReason; DROP_REASONS] = [
@@ -204,6 +218,8 @@ impl DropReason {
         Self::RateLimited,
         Self::Blocked,
         Self::Malformed,
+        Self::SrtpAuth,
+        Self::SrtpReplay,
     ];
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -213,6 +229,8 @@ impl DropReason {
             Self::RateLimited => "rate_limited",
             Self::Blocked => "blocked",
             Self::Malformed => "malformed",
+            Self::SrtpAuth => "srtp_auth",
+            Self::SrtpReplay => "srtp_replay",
         }
     }
 }
@@ -270,9 +288,13 @@ pub enum Counter {
     FibPass = 9,
     /// Passed up: VLAN-tagged, family change, or egress not in the devmap.
     OtherPass = 10,
+    /// SRTP drops happen in userspace; the slots exist so that every drop
+    /// reason has a global counter (appended, so the others keep their index).
+    DropSrtpAuth = 11,
+    DropSrtpReplay = 12,
 }
 
-pub const COUNTERS: usize = 11;
+pub const COUNTERS: usize = 13;
 
 impl Counter {
     pub const ALL: [Counter; COUNTERS] = [
@@ -287,6 +309,8 @@ impl Counter {
         Self::ToUserspace,
         Self::FibPass,
         Self::OtherPass,
+        Self::DropSrtpAuth,
+        Self::DropSrtpReplay,
     ];
     pub const fn for_drop(reason: DropReason) -> Self {
         match reason {
@@ -296,6 +320,8 @@ impl Counter {
             DropReason::RateLimited => Self::DropRateLimited,
             DropReason::Blocked => Self::DropBlocked,
             DropReason::Malformed => Self::DropMalformed,
+            DropReason::SrtpAuth => Self::DropSrtpAuth,
+            DropReason::SrtpReplay => Self::DropSrtpReplay,
         }
     }
     pub const fn as_str(self) -> &'static str {
@@ -311,6 +337,8 @@ impl Counter {
             Self::ToUserspace => "to_userspace",
             Self::FibPass => "pass_fib",
             Self::OtherPass => "pass_other",
+            Self::DropSrtpAuth => "drop_srtp_auth",
+            Self::DropSrtpReplay => "drop_srtp_replay",
         }
     }
 }

@@ -166,7 +166,8 @@ mod tests {
             action: Action::Forward as u8,
             policy: policy as u8,
             clock_rate: 8000,
-            _reserved: [0; 4],
+            flags: 0,
+            _reserved: [0; 3],
         }
     }
 

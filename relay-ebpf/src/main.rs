@@ -33,8 +33,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use relay_common::{
-    Action, Addr, AddrKey, COUNTERS as N_COUNTERS, Counter, DropReason, FlowKey, FlowRule,
-    FlowState, FlowStats, LatchEvent, PortRange, addr_from_v4, addr_is_v4,
+    Action, Addr, AddrKey, COUNTERS as N_COUNTERS, Counter, DropReason, FLAG_AUTH_LATCH, FlowKey,
+    FlowRule, FlowState, FlowStats, LatchEvent, PortRange, SourcePolicy, addr_from_v4, addr_is_v4,
     csum::Incremental,
     maps::{MAX_FLOWS, USER_PORT_WORDS},
     policy::{self, SourceCheck},
@@ -419,6 +419,14 @@ fn check_and_forward(
     // never safety.
     let state_ptr = state;
     let state = unsafe { &mut *state };
+    // SRTP legs learn their source in userspace, only from a packet that
+    // authenticates; until then every packet goes up unlatched.
+    if rule.flags & FLAG_AUTH_LATCH != 0
+        && state.locked == 0
+        && rule.policy != SourcePolicy::Strict as u8
+    {
+        return Verdict::Up(Counter::ToUserspace);
+    }
     match policy::check_source(rule, state, &udp.src, udp.sport, ssrc, now) {
         Err(reason) => return Verdict::Drop(reason),
         Ok(SourceCheck::Latched) => report_latch(rule, key, state, now),

@@ -90,6 +90,11 @@ pub struct MediaConfig {
     pub max_streams: usize,
     /// A call whose media has been silent this long (seconds) is ended.
     pub media_timeout_s: u64,
+    /// When both legs of a stream are SRTP, forward the offerer's keys
+    /// unchanged (pass-through: no crypto, the flow stays in XDP) instead of
+    /// giving each leg the relay's own keys (re-key, the default: neither
+    /// side learns the other's key).
+    pub srtp_passthrough: bool,
 }
 
 impl Default for MediaConfig {
@@ -98,6 +103,7 @@ impl Default for MediaConfig {
             max_calls: 10_000,
             max_streams: 40_000,
             media_timeout_s: 60,
+            srtp_passthrough: false,
         }
     }
 }
@@ -185,6 +191,10 @@ pub struct InterfaceConfig {
     /// "latch" (learned, for peers behind NAT whose SDP address is private).
     #[serde(default = "default_policy")]
     pub source_policy: crate::rule::Policy,
+    /// SRTP on this interface's legs: "required", "optional" (the default:
+    /// SRTP toward this side when the other side offered it) or "off".
+    #[serde(default)]
+    pub srtp: crate::media::SrtpPolicy,
 }
 
 fn default_policy() -> crate::rule::Policy {
@@ -200,6 +210,7 @@ pub struct Interface {
     pub port_min: u16,
     pub port_max: u16,
     pub source_policy: crate::rule::Policy,
+    pub srtp: crate::media::SrtpPolicy,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -309,6 +320,7 @@ impl Config {
                 port_min: min,
                 port_max: max,
                 source_policy: iface.source_policy,
+                srtp: iface.srtp,
             });
         }
         self.trunks().map_err(|e| (e.field, e.message))?;
@@ -406,8 +418,29 @@ ports = "40000-40999"
     #[test]
     fn example_in_docs_parses() {
         let text = include_str!("../../docs/relay.example.toml");
-        let (_, ifs) = Config::parse(text, Path::new("docs/relay.example.toml")).unwrap();
+        let (c, ifs) = Config::parse(text, Path::new("docs/relay.example.toml")).unwrap();
         assert_eq!(ifs.len(), 2);
+        assert_eq!(ifs[0].srtp, crate::media::SrtpPolicy::Off);
+        assert_eq!(ifs[1].srtp, crate::media::SrtpPolicy::Required);
+        assert!(!c.media.srtp_passthrough);
+    }
+
+    #[test]
+    fn srtp_policy_per_interface() {
+        let (_, ifs) = Config::parse(GOOD, Path::new("relay.toml")).unwrap();
+        assert_eq!(ifs[0].srtp, crate::media::SrtpPolicy::Optional, "default");
+        let text = GOOD.replace(
+            "ports = \"40000-40999\"",
+            "ports = \"40000-40999\"\nsrtp = \"required\"",
+        ) + "\n[media]\nsrtp_passthrough = true\n";
+        let (c, ifs) = Config::parse(&text, Path::new("relay.toml")).unwrap();
+        assert_eq!(ifs[1].srtp, crate::media::SrtpPolicy::Required);
+        assert!(c.media.srtp_passthrough);
+        let e = err(&GOOD.replace(
+            "ports = \"40000-40999\"",
+            "ports = \"40000-40999\"\nsrtp = \"maybe\"",
+        ));
+        assert!(e.contains("maybe"), "{e}");
     }
 
     const SIP: &str = r#"

@@ -7,9 +7,46 @@ use std::{
 };
 
 use relay_common::{
-    Action, Addr, FlowKey, FlowRule, SourcePolicy, addr_from_v4, addr_is_v4, policy::rate_params,
+    Action, Addr, FLAG_AUTH_LATCH, FlowKey, FlowRule, SourcePolicy, addr_from_v4, addr_is_v4,
+    policy::rate_params,
 };
 use serde::{Deserialize, Serialize};
+
+use crate::srtp::MasterKey;
+
+/// The SRTP keys of one direction of a flow. Never serialized: rules reach
+/// the control socket and `relayctl`, keys must not.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RuleSrtp {
+    /// The key the sending peer protects with: what arrives is unprotected
+    /// (or, when equal to `outbound`, only authenticated before latching).
+    pub inbound: Option<MasterKey>,
+    /// The key the receiving peer expects: what leaves is protected.
+    pub outbound: Option<MasterKey>,
+}
+
+impl RuleSrtp {
+    /// Both legs use the same key: packets cross unchanged (pass-through).
+    pub fn passthrough(&self) -> bool {
+        self.inbound.is_some() && self.inbound == self.outbound
+    }
+
+    /// Whether the forwarder must touch packets (not pass-through, some key).
+    pub fn needs_crypto(&self) -> bool {
+        !self.passthrough() && (self.inbound.is_some() || self.outbound.is_some())
+    }
+
+    /// The mode as shown to operators (no key material).
+    pub fn mode(&self) -> &'static str {
+        match (&self.inbound, &self.outbound) {
+            _ if self.passthrough() => "passthrough",
+            (Some(_), Some(_)) => "rekey",
+            (Some(_), None) => "decrypt",
+            (None, Some(_)) => "encrypt",
+            (None, None) => "plain",
+        }
+    }
+}
 
 /// Source policy as configured (see `relay_common::SourcePolicy`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -65,6 +102,27 @@ pub struct Rule {
     /// rules written before it existed, which read as 0.
     #[serde(default)]
     pub clock_rate: u32,
+    /// SRTP keys (call rules of SRTP legs only). Serialized as the mode
+    /// name alone ("rekey", ...) and never read back, so keys never leave
+    /// the process through the control socket or `relayctl`.
+    #[serde(
+        default,
+        skip_deserializing,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "serialize_srtp_mode"
+    )]
+    /// Boxed: keys are large and most rules have none.
+    pub srtp: Option<Box<RuleSrtp>>,
+}
+
+fn serialize_srtp_mode<S: serde::Serializer>(
+    srtp: &Option<Box<RuleSrtp>>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match srtp {
+        Some(k) => s.serialize_str(k.mode()),
+        None => s.serialize_none(),
+    }
 }
 
 fn default_latch_window_ms() -> u64 {
@@ -115,6 +173,18 @@ impl Rule {
         key_of(self.local)
     }
 
+    /// The SRTP mode, if the rule has SRTP keys ("passthrough", "rekey",
+    /// "decrypt", "encrypt").
+    pub fn srtp_mode(&self) -> Option<&'static str> {
+        self.srtp.as_deref().map(RuleSrtp::mode)
+    }
+
+    /// The key that authenticates arriving packets, if they are SRTP: the
+    /// source is learned only from packets that pass it.
+    pub fn auth_key(&self) -> Option<&MasterKey> {
+        self.srtp.as_ref().and_then(|s| s.inbound.as_ref())
+    }
+
     /// The kernel form; `installed_ns` is CLOCK_MONOTONIC at installation and
     /// starts the latch window.
     pub fn to_kernel(&self, installed_ns: u64) -> FlowRule {
@@ -145,7 +215,12 @@ impl Rule {
                 Policy::Latch => SourcePolicy::Latch,
             } as u8,
             clock_rate: self.clock_rate,
-            _reserved: [0; 4],
+            flags: if self.auth_key().is_some() {
+                FLAG_AUTH_LATCH
+            } else {
+                0
+            },
+            _reserved: [0; 3],
         }
     }
 
@@ -181,6 +256,8 @@ impl Rule {
             rate_pps,
             burst,
             clock_rate: r.clock_rate,
+            // Keys live only in the process that negotiated them.
+            srtp: None,
         })
     }
 }
@@ -233,6 +310,7 @@ mod tests {
             rate_pps: 100,
             burst: 10,
             clock_rate: 8000,
+            srtp: None,
         }
     }
 

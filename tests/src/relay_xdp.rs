@@ -227,6 +227,13 @@ impl RelayXdp {
         Ok(m.get(key, 0)?)
     }
 
+    /// Writes a rule's state, as relayd does after an authenticated latch.
+    pub fn set_flow_state(&mut self, key: FlowKey, state: FlowState) -> Result<()> {
+        HashMap::<_, FlowKey, FlowState>::try_from(self.map_mut(maps::FLOW_STATE)?)?
+            .insert(key, state, 0)?;
+        Ok(())
+    }
+
     /// Latch events waiting in the ring buffer, oldest first.
     pub fn latch_events(&mut self) -> Result<Vec<LatchEvent>> {
         let mut events = Vec::new();
@@ -293,6 +300,7 @@ pub fn flow_rule(
         policy: policy as u8,
         // G.711, what `frames::rtp` builds.
         clock_rate: 8000,
-        _reserved: [0; 4],
+        flags: 0,
+        _reserved: [0; 3],
     }
 }

@@ -76,6 +76,9 @@ impl Calls<'_> {
             (None, None)
         };
         let v = self.call(&Request::Offer {
+            from_srtp: None,
+            to_srtp: None,
+            srtp_passthrough: None,
             call_id: call_id.into(),
             from_tag: from_tag.into(),
             sdp,

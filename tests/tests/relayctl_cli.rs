@@ -223,6 +223,9 @@ fn relayctl_and_metrics_on_a_running_relayd() {
     let mut client = Client::connect(&t.control_socket()).unwrap();
     let to_callee = client
         .call(&Request::Offer {
+            from_srtp: None,
+            to_srtp: None,
+            srtp_passthrough: None,
             call_id: "call-1".into(),
             from_tag: "from-1".into(),
             sdp: sdp("192.0.2.10", 4000),

@@ -946,6 +946,68 @@ fn restricted_learns_port_from_declared_address() -> Result<()> {
 // ---------------------------------------------------------------------------
 // Accepted but passed up.
 
+/// An SRTP leg (FLAG_AUTH_LATCH): the program never latches; it passes
+/// packets up until userspace, having authenticated one, writes the learned
+/// source, and enforces that source from then on.
+#[test]
+fn auth_latch_passes_up_unlatched_then_enforces_userspace_lock() -> Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let mut relay = load()?;
+    let key = flow_key(endpoint());
+    for action in [Action::Userspace, Action::Forward] {
+        let mut rule = flow_rule(
+            78,
+            action,
+            SourcePolicy::Latch,
+            sa(Ipv4Addr::UNSPECIFIED, 0),
+            out_src(),
+            callee(),
+        );
+        rule.latch_until_ns = monotonic_ns_in(Duration::from_secs(60));
+        rule.flags = relay_common::FLAG_AUTH_LATCH;
+        relay.add_rule(key, &rule)?;
+        let attacker = sa(NATTED, 61000);
+        for _ in 0..3 {
+            run_untouched(
+                &relay,
+                &rtp_frame(attacker, endpoint()).build(),
+                None,
+                action::PASS,
+            );
+        }
+        assert_eq!(
+            relay.flow_state(&key)?.locked,
+            0,
+            "{action:?}: never latched in XDP"
+        );
+        assert!(relay.latch_events()?.is_empty(), "{action:?}");
+
+        // Userspace authenticated the caller's packet and locked it.
+        let mut state = relay.flow_state(&key)?;
+        state.src_addr = addr_of(CALLER.into());
+        state.src_port = 4000u16.to_be_bytes();
+        state.ssrc = SSRC;
+        state.locked = 1;
+        relay.set_flow_state(key, state)?;
+        let before = relay.flow_stats(&key)?.drops[DropReason::BadSource as usize];
+        run_untouched(
+            &relay,
+            &rtp_frame(attacker, endpoint()).build(),
+            None,
+            action::DROP,
+        );
+        let after = relay.flow_stats(&key)?.drops[DropReason::BadSource as usize];
+        assert_eq!(
+            after - before,
+            1,
+            "{action:?}: the locked source is enforced"
+        );
+    }
+    Ok(())
+}
+
 #[test]
 fn userspace_action_passes_untouched() -> Result<()> {
     if !require_root() {

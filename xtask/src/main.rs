@@ -65,7 +65,8 @@ enum Benchmark {
     /// service (the relay-bench-sip binary).
     Sip,
     /// SRTP protect/unprotect per second on one core for every suite, relay
-    /// against libsrtp (the relay-bench-srtp binary).
+    /// against libsrtp (the relay-bench-srtp binary); then SRTP forwarding,
+    /// transcrypt and re-key, relayd against rtpengine (relay-bench-srtp-fwd).
     Srtp,
 }
 
@@ -181,7 +182,28 @@ fn bench(what: Benchmark, json: bool) -> Result<()> {
     if json {
         run.arg("--json");
     }
-    cmd::run(&mut run)
+    cmd::run(&mut run)?;
+    if what == "srtp" {
+        // The forwarding half: relayd's transcrypt and re-key against
+        // rtpengine through the namespace topology (root).
+        cmd::header("benchmark: srtp forwarding");
+        host::ensure_bpffs()?;
+        let mut run = cargo();
+        run.args([
+            "run",
+            "--release",
+            "-p",
+            "relay-tests",
+            "--bin",
+            "relay-bench-srtp-fwd",
+            "--",
+        ]);
+        if json {
+            run.arg("--json");
+        }
+        cmd::run(&mut run)?;
+    }
+    Ok(())
 }
 
 fn demo() -> Result<()> {

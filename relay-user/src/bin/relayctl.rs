@@ -286,6 +286,7 @@ fn run(args: &Args) -> Result<()> {
                 rate_pps: *rate,
                 burst: *burst,
                 clock_rate: *clock_rate,
+                srtp: None,
             };
             let v = src.call(&Request::AddRule { rule })?;
             if args.json {

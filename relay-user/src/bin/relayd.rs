@@ -111,13 +111,22 @@ async fn run(config: Config, interfaces: Vec<relay_user::config::Interface>) -> 
             .map_err(|e| anyhow::anyhow!("watching the latch event ring buffer: {e}"))?;
         tokio::spawn(kernel_events(fd, events_tx));
     }
+    let relay = Arc::new(Mutex::new(Relay::new(dp, config.media.clone())?));
+    let latches = relay.clone();
     tokio::spawn(async move {
         while let Some(n) = events_rx.recv().await {
             info!(rule = n.rule_id, local = %n.local, source = %n.source, ssrc = format!("{:#010x}", n.ssrc), path = n.path, "source latched");
+            // SRTP legs latch in userspace after authentication; the kernel
+            // learns the source from here.
+            if n.path == "userspace" {
+                latches
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .dp
+                    .latched_in_userspace(&n);
+            }
         }
     });
-
-    let relay = Arc::new(Mutex::new(Relay::new(dp, config.media.clone())?));
     let dp = relay.clone();
     // Media timeouts: silent calls are ended; the SIP side sends BYE.
     let (ended_tx, ended_rx) = mpsc::unbounded_channel();

@@ -24,7 +24,7 @@ use tracing::{debug, warn};
 
 use crate::{
     dataplane::monotonic_ns,
-    media::{Answer, Offer},
+    media::{Answer, Offer, SrtpOptions, SrtpPolicy},
     relay::Relay,
     rule::{Policy, Rule},
 };
@@ -66,6 +66,15 @@ pub enum Request {
         to_iface: Option<String>,
         #[serde(default)]
         policy: Option<Policy>,
+        /// SRTP policies of the offerer's and the answerer's legs (default:
+        /// the interfaces').
+        #[serde(default)]
+        from_srtp: Option<SrtpPolicy>,
+        #[serde(default)]
+        to_srtp: Option<SrtpPolicy>,
+        /// Forward the offerer's SRTP keys unchanged when both legs are SRTP.
+        #[serde(default)]
+        srtp_passthrough: Option<bool>,
     },
     /// Media core `answer`: returns `{ "sdp": ... }` for the offerer.
     Answer {
@@ -163,6 +172,9 @@ pub fn handle_line(line: &str, relay: &Mutex<Relay>, started: Instant) -> Respon
             from_iface,
             to_iface,
             policy,
+            from_srtp,
+            to_srtp,
+            srtp_passthrough,
         } => relay
             .offer(&Offer {
                 call_id: &call_id,
@@ -171,6 +183,12 @@ pub fn handle_line(line: &str, relay: &Mutex<Relay>, started: Instant) -> Respon
                 from_iface: from_iface.as_deref(),
                 to_iface: to_iface.as_deref(),
                 from_policy: policy,
+                from_srtp,
+                to_srtp,
+                srtp: srtp_passthrough.map(|passthrough| SrtpOptions {
+                    passthrough,
+                    ..SrtpOptions::default()
+                }),
                 now_ns,
             })
             .map(|sdp| serde_json::json!({ "sdp": sdp }))

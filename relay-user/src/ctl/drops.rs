@@ -20,6 +20,8 @@ pub fn meaning(r: DropReason) -> &'static str {
         DropReason::RateLimited => "over the rule's packet rate",
         DropReason::Blocked => "the rule blocks its media (hold, NG block media)",
         DropReason::Malformed => "broken IP/UDP headers aimed at a relay address",
+        DropReason::SrtpAuth => "SRTP/SRTCP that failed authentication (wrong key, tampered)",
+        DropReason::SrtpReplay => "SRTP/SRTCP replayed or older than the replay window",
     }
 }
 
@@ -116,7 +118,10 @@ mod tests {
         assert_eq!(rows.len(), DropReason::ALL.len() + 1);
         assert_eq!(rows[0][..5], ["no_flow", "300", "0", "300", "100"]);
         assert_eq!(rows[1][..5], ["bad_source", "0", "10", "10", "5.0"]);
-        assert_eq!(rows[6][..5], ["all", "", "", "310", "105"]);
+        assert_eq!(
+            rows[DropReason::ALL.len()][..5],
+            ["all", "", "", "310", "105"]
+        );
         // One sample: no rates. Pinned maps: no userspace column values.
         let pinned = CountersView {
             userspace: None,

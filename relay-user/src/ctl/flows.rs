@@ -148,6 +148,8 @@ pub fn drop_abbrev(r: DropReason) -> &'static str {
         DropReason::RateLimited => "rate",
         DropReason::Blocked => "blk",
         DropReason::Malformed => "bad",
+        DropReason::SrtpAuth => "auth",
+        DropReason::SrtpReplay => "replay",
     }
 }
 
@@ -273,6 +275,7 @@ mod tests {
             rate_pps: 0,
             burst: 0,
             clock_rate: 8000,
+            srtp: None,
         };
         let mut d = BTreeMap::new();
         d.insert("bad_source".to_string(), drops);

@@ -19,6 +19,7 @@ use std::{
     collections::HashMap,
     io::ErrorKind,
     net::SocketAddr,
+    os::fd::AsRawFd,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -31,10 +32,15 @@ use relay_common::{
     policy::{self, SourceCheck},
     quality,
 };
-use tokio::{net::UdpSocket, sync::mpsc, task::JoinHandle};
+use tokio::{io::Interest, net::UdpSocket, sync::mpsc, task::JoinHandle};
 use tracing::debug;
 
-use super::{LatchNotice, monotonic_ns};
+use super::{
+    LatchNotice,
+    crypto::{self, FlowCrypto},
+    mmsg::{self, Batch},
+    monotonic_ns,
+};
 use crate::rule::{self, Path, Rule};
 
 /// One rule as the forwarder keeps it.
@@ -44,6 +50,9 @@ struct Entry {
     state: FlowState,
     stats: FlowStats,
     out: Arc<UdpSocket>,
+    /// SRTP contexts of SRTP flows. Kept in the entry, under the entries
+    /// lock the packet path already holds, so no second lock per packet.
+    crypto: Option<FlowCrypto>,
 }
 
 /// A bound relay endpoint and how many rules use it (0: idle in the pool).
@@ -104,10 +113,20 @@ impl Forwarder {
         }
         let out = self.endpoints[&rule.out_src].socket.clone();
         let mut entries = self.lock();
-        let (state, stats) = match entries.remove(&rule.local) {
-            Some(e) if !reset_state => (e.state, e.stats),
-            Some(e) => (FlowState::default(), e.stats),
-            None => Default::default(),
+        let old = entries.remove(&rule.local);
+        // Unchanged keys keep their contexts (rollover counters and replay
+        // windows); new keys start new ones.
+        let crypto = match old {
+            Some(ref e) if e.rule.srtp == rule.srtp && !reset_state => None,
+            _ => Some(match &rule.srtp {
+                Some(keys) => FlowCrypto::new(keys).context("SRTP keys of the rule")?,
+                None => None,
+            }),
+        };
+        let (state, stats, crypto) = match old {
+            Some(e) if !reset_state => (e.state, e.stats, crypto.unwrap_or(e.crypto)),
+            Some(e) => (FlowState::default(), e.stats, crypto.flatten()),
+            None => (FlowState::default(), FlowStats::default(), crypto.flatten()),
         };
         entries.insert(
             rule.local,
@@ -117,6 +136,7 @@ impl Forwarder {
                 state,
                 stats,
                 out,
+                crypto,
             },
         );
         Ok(())
@@ -212,12 +232,14 @@ impl Drop for Forwarder {
 /// Descriptors left for everything but relay sockets.
 pub const FD_RESERVE: u64 = 4_096;
 
-/// Packets handled per wake-up before the task yields to the others.
-const BATCH: usize = 32;
+/// Batches (of up to `mmsg::BATCH` datagrams) handled per wake-up before
+/// the task yields to the others.
+const ROUNDS: usize = 4;
 
 thread_local! {
-    /// One receive buffer per worker thread: idle endpoints hold none.
-    static RECV_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0u8; 65_536]);
+    /// One batch of receive buffers per worker thread: idle endpoints hold
+    /// none.
+    static BATCH_BUF: RefCell<Batch> = RefCell::new(Batch::new());
 }
 
 /// Receives on one relay endpoint and forwards what the rules allow.
@@ -228,14 +250,16 @@ async fn serve(socket: Arc<UdpSocket>, local: SocketAddr, shared: Arc<Shared>) {
             tokio::task::yield_now().await;
             continue;
         }
-        for _ in 0..BATCH {
-            match RECV_BUF.with_borrow_mut(|buf| receive(&socket, local, &shared, buf)) {
+        for _ in 0..ROUNDS {
+            match BATCH_BUF.with_borrow_mut(|b| receive(&socket, local, &shared, b)) {
                 Received::Done => {}
                 Received::Empty => break,
-                // The send buffer is full: wait for room rather than lose it.
-                Received::Blocked(packet, out, dst) => {
-                    if let Err(e) = out.send_to(&packet, dst).await {
-                        debug!(%local, %dst, error = %e, "send");
+                // The send buffer is full: wait for room rather than lose them.
+                Received::Blocked(packets, out, dst) => {
+                    for packet in packets {
+                        if let Err(e) = out.send_to(&packet, dst).await {
+                            debug!(%local, %dst, error = %e, "send");
+                        }
                     }
                 }
             }
@@ -245,17 +269,19 @@ async fn serve(socket: Arc<UdpSocket>, local: SocketAddr, shared: Arc<Shared>) {
 }
 
 enum Received {
-    /// A packet was forwarded or dropped.
+    /// A batch was forwarded or dropped.
     Done,
     /// Nothing (more) to read.
     Empty,
-    /// Allowed, but the outgoing socket's buffer is full.
-    Blocked(Vec<u8>, Arc<UdpSocket>, SocketAddr),
+    /// Allowed, but the outgoing socket's buffer is full: these are left.
+    Blocked(Vec<Vec<u8>>, Arc<UdpSocket>, SocketAddr),
 }
 
-fn receive(socket: &UdpSocket, local: SocketAddr, shared: &Shared, buf: &mut [u8]) -> Received {
-    let (len, from) = match socket.try_recv_from(buf) {
-        Ok(r) => r,
+/// One `recvmmsg`, the decisions under one lock, one `sendmmsg`.
+fn receive(socket: &UdpSocket, local: SocketAddr, shared: &Shared, b: &mut Batch) -> Received {
+    let n = match socket.try_io(Interest::READABLE, || b.recv(socket.as_raw_fd())) {
+        Ok(0) => return Received::Empty,
+        Ok(n) => n,
         Err(e) if e.kind() == ErrorKind::WouldBlock => return Received::Empty,
         Err(e) => {
             // ICMP errors from earlier sends surface here; keep serving.
@@ -263,41 +289,82 @@ fn receive(socket: &UdpSocket, local: SocketAddr, shared: &Shared, buf: &mut [u8
             return Received::Done;
         }
     };
-    let packet = &buf[..len];
-    let Some((out, dst)) = decide(shared, local, from, packet) else {
+    let mut items = [(0usize, 0usize); mmsg::BATCH];
+    let mut k = 0;
+    let mut route = None;
+    {
+        let now = monotonic_ns();
+        let mut entries = shared.entries.lock().unwrap_or_else(|p| p.into_inner());
+        for i in 0..n {
+            let (from, len) = b.received(i);
+            let Some(from) = from else {
+                // Truncated (larger than any media packet) or not IP.
+                count_drop(shared, DropReason::Malformed);
+                continue;
+            };
+            if let Some((out, dst, len)) =
+                decide(&mut entries, shared, local, from, b.slot_mut(i), len, now)
+            {
+                items[k] = (i, len);
+                k += 1;
+                route = Some((out, dst));
+            }
+        }
+    }
+    // One rule per receiving endpoint, and the lock was held for the whole
+    // batch: every accepted packet leaves through the same socket to the
+    // same destination.
+    let Some((out, dst)) = route else {
         return Received::Done;
     };
-    match out.try_send_to(packet, dst) {
-        Err(e) if e.kind() == ErrorKind::WouldBlock => Received::Blocked(packet.to_vec(), out, dst),
-        Err(e) => {
-            debug!(%local, %dst, error = %e, "send");
-            Received::Done
+    let mut done = 0;
+    while done < k {
+        match out.try_io(Interest::WRITABLE, || {
+            b.send(out.as_raw_fd(), dst, &items[done..k])
+        }) {
+            Ok(0) => break,
+            Ok(sent) => done += sent,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) => {
+                // The first datagram failed (e.g. no route): skip it.
+                debug!(%local, %dst, error = %e, "send");
+                done += 1;
+            }
         }
-        Ok(_) => Received::Done,
     }
+    if done < k {
+        let left = items[done..k]
+            .iter()
+            .map(|&(slot, len)| b.slot(slot)[..len].to_vec())
+            .collect();
+        return Received::Blocked(left, out, dst);
+    }
+    Received::Done
 }
 
-/// The per-packet decision; mirrors the XDP program step for step.
+/// The per-packet decision; mirrors the XDP program step for step, then
+/// applies the flow's SRTP step. Returns the packet's new length.
 fn decide(
+    entries: &mut HashMap<SocketAddr, Entry>,
     shared: &Shared,
     local: SocketAddr,
     from: SocketAddr,
-    payload: &[u8],
-) -> Option<(Arc<UdpSocket>, SocketAddr)> {
-    let now = monotonic_ns();
-    let mut entries = shared.entries.lock().unwrap_or_else(|p| p.into_inner());
+    buf: &mut [u8],
+    len: usize,
+    now: u64,
+) -> Option<(Arc<UdpSocket>, SocketAddr, usize)> {
     let Some(entry) = entries.get_mut(&local) else {
         count_drop(shared, DropReason::NoFlow);
         return None;
     };
-    let verdict = check(entry, from, payload, now);
+    let verdict = check(entry, from, buf, len, now);
     match verdict {
         Err(reason) => {
             entry.stats.drops[reason as usize] += 1;
             count_drop(shared, reason);
             None
         }
-        Ok(latched) => {
+        Ok((latched, new_len)) => {
             if latched {
                 let _ = shared.events.send(LatchNotice {
                     rule_id: entry.rule.id,
@@ -308,21 +375,24 @@ fn decide(
                 });
             }
             entry.stats.packets += 1;
-            entry.stats.bytes += payload.len() as u64;
+            entry.stats.bytes += len as u64;
             entry.stats.last_seen_ns = now;
             shared.forwarded.fetch_add(1, Ordering::Relaxed);
-            Some((entry.out.clone(), entry.rule.dst))
+            Some((entry.out.clone(), entry.rule.dst, new_len))
         }
     }
 }
 
-/// Ok(true) when this packet latched the rule's source.
+/// Ok((true, _)) when this packet latched the rule's source; the length is
+/// the packet's after the SRTP step.
 fn check(
     entry: &mut Entry,
     from: SocketAddr,
-    payload: &[u8],
+    buf: &mut [u8],
+    len: usize,
     now: u64,
-) -> Result<bool, DropReason> {
+) -> Result<(bool, usize), DropReason> {
+    let payload = &buf[..len];
     if entry.rule.path == Path::Block {
         return Err(DropReason::Blocked);
     }
@@ -338,33 +408,49 @@ fn check(
         payload[off + 2],
         payload[off + 3],
     ]);
+    let (seq, ts) = (
+        u16::from_be_bytes([payload[2], payload[3]]),
+        u32::from_be_bytes([payload[4], payload[5], payload[6], payload[7]]),
+    );
     let src = rule::addr_of(canonical(from).ip());
+    // The source is checked (and maybe learned) on a copy of the state: an
+    // SRTP packet may teach it only once it has authenticated below.
+    let mut state = entry.state;
     let latched = policy::check_source(
         &entry.kernel,
-        &mut entry.state,
+        &mut state,
         &src,
         from.port().to_be_bytes(),
         ssrc,
         now,
     )? == SourceCheck::Latched;
-    policy::check_rate(&entry.kernel, &mut entry.state, now)?;
+    policy::check_rate(&entry.kernel, &mut state, now)?;
+    // A packet that passed the rate limit spent its token even if it fails
+    // authentication: forged packets are limited like any others.
+    entry.state.tat_ns = state.tat_ns;
+    let rtcp = policy::is_rtcp(second);
+    let len = match &mut entry.crypto {
+        Some(c) => c.apply(buf, len, rtcp).map_err(crypto::drop_reason)?,
+        None => len,
+    };
+    entry.state = state;
     // RTP quality with the XDP program's code (check_rtp vouched for the
-    // 12-byte header).
-    if !policy::is_rtcp(second) {
+    // 12-byte header, which SRTP leaves in the clear).
+    if !rtcp {
         quality::rtp_arrived(
             &mut entry.state.quality,
             entry.kernel.clock_rate,
             ssrc,
-            u16::from_be_bytes([payload[2], payload[3]]),
-            u32::from_be_bytes([payload[4], payload[5], payload[6], payload[7]]),
+            seq,
+            ts,
             now,
         );
     }
-    Ok(latched)
+    Ok((latched, len))
 }
 
 /// IPv4-mapped IPv6 sources (dual-stack sockets) compare as IPv4.
-fn canonical(a: SocketAddr) -> SocketAddr {
+pub(super) fn canonical(a: SocketAddr) -> SocketAddr {
     match a {
         SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
             Some(v4) => SocketAddr::new(v4.into(), v6.port()),

@@ -138,13 +138,33 @@ impl Kernel {
 
 /// aya reuses a pinned map whatever its layout, and the verifier then
 /// refuses the program with an obscure message. Maps left by a relayd whose
-/// rule or state layout differs (before per-flow quality, FlowRule was 88
-/// bytes and FlowState 32) are reported here in plain words instead.
+/// rule, state or statistics layout differs (before per-flow quality,
+/// FlowRule was 88 bytes and FlowState 32; before the SRTP drop reasons,
+/// FlowStats was 80 and COUNTERS had 11 slots) are reported here in plain
+/// words instead.
 fn check_pinned_layout(pin_path: &Path) -> Result<()> {
-    use relay_common::{FlowRule, FlowState};
+    use relay_common::{COUNTERS, FlowRule, FlowState, FlowStats};
+    let counters = pin_path.join(names::COUNTERS);
+    if counters.exists() {
+        let found = MapData::from_pin(&counters)
+            .and_then(|m| m.info())
+            .map(|i| i.max_entries() as usize)
+            .with_context(|| format!("reading the pinned map {}", counters.display()))?;
+        if found != COUNTERS {
+            bail!(
+                "the maps pinned at {} were left by a relayd with another layout ({} has {found} \
+                 counters, this relayd's has {COUNTERS}): stop that relayd and remove the \
+                 directory; call rules come back with the next offer/answer, static rules must \
+                 be added again",
+                pin_path.display(),
+                names::COUNTERS
+            );
+        }
+    }
     for (name, want) in [
         (names::FLOWS, size_of::<FlowRule>()),
         (names::FLOW_STATE, size_of::<FlowState>()),
+        (names::FLOW_STATS, size_of::<FlowStats>()),
     ] {
         let path = pin_path.join(name);
         if !path.exists() {

@@ -2,9 +2,11 @@
 //! statistics and latch events, on the XDP program plus the userspace
 //! forwarder, or on the forwarder alone.
 
+pub mod crypto;
 pub mod forwarder;
 pub mod kernel;
 pub mod maps;
+pub mod mmsg;
 pub mod view;
 
 use std::{
@@ -186,6 +188,36 @@ impl Dataplane {
         }
         self.rules.insert(rule.local, rule.clone());
         Ok(rule)
+    }
+
+    /// A source the forwarder learned from an authenticated SRTP packet
+    /// (rules with an SRTP key latch in userspace only): written into the
+    /// kernel's state so XDP enforces it from now on, and a pass-through
+    /// flow moves to the fast path. Returns whether the kernel was told.
+    pub fn latched_in_userspace(&mut self, n: &LatchNotice) -> bool {
+        let Some(rule) = self.rules.get(&n.local) else {
+            return false;
+        };
+        if rule.id != n.rule_id || rule.auth_key().is_none() || self.fallback.contains(&n.local) {
+            return false;
+        }
+        let Some(kernel) = &mut self.kernel else {
+            return false;
+        };
+        let key = rule.key();
+        let mut state = kernel.maps.state(&key).unwrap_or_default();
+        state.src_addr = rule::addr_of(forwarder::canonical(n.source).ip());
+        state.src_port = n.source.port().to_be_bytes();
+        state.ssrc = n.ssrc;
+        state.locked = 1;
+        match kernel.maps.state.insert(key, state, 0) {
+            Ok(()) => true,
+            Err(e) => {
+                // The forwarder still enforces the source; only speed is lost.
+                warn!(local = %n.local, error = %e, "writing the learned source to the kernel");
+                false
+            }
+        }
     }
 
     pub fn remove(&mut self, local: SocketAddr) -> Result<Rule> {

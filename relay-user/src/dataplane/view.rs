@@ -280,6 +280,7 @@ mod tests {
             rate_pps: 0,
             burst: 0,
             clock_rate: 8000,
+            srtp: None,
         }
     }
 

@@ -9,6 +9,7 @@ use std::{
 
 use serde::Serialize;
 
+use super::srtp::{self, SideSrtp, SrtpOptions, SrtpPolicy};
 use crate::{
     rule::{Path, Policy, Rule},
     sdp::Direction,
@@ -33,6 +34,10 @@ pub struct Side {
     /// The formats of the peer's m= line, in its order of preference, with
     /// their RTP clock rates.
     pub formats: Vec<(String, u32)>,
+    /// The transport profile of the peer's m= line ("RTP/AVP", "RTP/SAVP").
+    pub proto: String,
+    /// SRTP on this side (None: plain RTP).
+    pub srtp: Option<SideSrtp>,
 }
 
 impl Side {
@@ -46,6 +51,8 @@ impl Side {
             rtcp_mux: false,
             rejected: false,
             formats: Vec::new(),
+            proto: String::new(),
+            srtp: None,
         }
     }
 
@@ -70,6 +77,8 @@ pub struct Leg {
     pub address: IpAddr,
     /// How this leg's peer may send to the relay.
     pub policy: Policy,
+    /// Whether this leg must, may or must not use SRTP.
+    pub srtp: SrtpPolicy,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -89,6 +98,8 @@ pub struct Call {
     pub touched_ns: u64,
     /// Operator/NG `block media`: every rule of the call drops.
     pub blocked: bool,
+    /// SRTP choices of this call (pass-through, suites).
+    pub srtp: SrtpOptions,
 }
 
 impl Call {
@@ -118,7 +129,21 @@ impl Call {
         let dst_rtp = dst.peer_rtp?;
         let (in_leg, out_leg) = (&self.legs[from], &self.legs[to]);
         let flows = self.blocked || !dst.receives() || !src.direction.sends();
-        let path = if flows { Path::Block } else { Path::Forward };
+        let mut path = if flows { Path::Block } else { Path::Forward };
+        let keys = match srtp::flow_keys(src.srtp.as_ref(), dst.srtp.as_ref()) {
+            Ok(keys) => keys,
+            // An SRTP side whose key is not agreed yet (re-offer pending):
+            // nothing crosses rather than plaintext toward an SRTP leg.
+            Err(()) => {
+                path = Path::Block;
+                None
+            }
+        };
+        // Crypto is done by the userspace forwarder; pass-through and plain
+        // flows stay in XDP.
+        if path == Path::Forward && keys.as_ref().is_some_and(|k| k.needs_crypto()) {
+            path = Path::Userspace;
+        }
         // A peer address we cannot check (unspecified) can only be learned.
         let policy = if peer_rtp.ip().is_unspecified() {
             Policy::Latch
@@ -140,6 +165,7 @@ impl Call {
                     rate_pps: 0,
                     burst: 0,
                     clock_rate,
+                    srtp: keys.clone().map(Box::new),
                 }
             };
         let mut rules = vec![rule(
@@ -211,6 +237,7 @@ impl Call {
                     tag: leg.tag.clone(),
                     address: leg.address,
                     policy: leg.policy,
+                    srtp_policy: leg.srtp,
                     streams: self
                         .streams
                         .iter()
@@ -225,6 +252,15 @@ impl Call {
                                 hold: side.hold_addr,
                                 rtcp_mux: side.rtcp_mux,
                                 rejected: side.rejected,
+                                srtp: side.srtp.as_ref().map(|s| {
+                                    if s.passthrough {
+                                        "passthrough".into()
+                                    } else {
+                                        s.relay_line
+                                            .as_ref()
+                                            .map_or("pending".into(), |l| l.suite().to_string())
+                                    }
+                                }),
                             }
                         })
                         .collect(),
@@ -280,6 +316,8 @@ pub struct LegView {
     pub tag: Option<String>,
     pub address: IpAddr,
     pub policy: Policy,
+    #[serde(default)]
+    pub srtp_policy: SrtpPolicy,
     pub streams: Vec<StreamView>,
 }
 
@@ -293,4 +331,8 @@ pub struct StreamView {
     pub hold: bool,
     pub rtcp_mux: bool,
     pub rejected: bool,
+    /// SRTP on this side: the suite the relay sends with, "passthrough", or
+    /// "pending" (offered, not answered); None = plain RTP. Never a key.
+    #[serde(default)]
+    pub srtp: Option<String>,
 }

@@ -11,7 +11,9 @@ use std::{
 use super::{
     call::{Call, CallView, Leg, RuleContext, Side, Stream},
     ports::{PortAllocator, PortError},
+    srtp::{self, SideSrtp, SrtpError, SrtpOptions, SrtpPolicy},
 };
+use crate::srtp::sdes::CryptoAttribute;
 use crate::{
     config::{Interface, MediaConfig},
     rule::{Policy, Rule},
@@ -49,6 +51,8 @@ pub enum MediaError {
     LimitReached(String),
     #[error("media ports: {0}")]
     Ports(#[from] PortError),
+    #[error("SRTP: {0}")]
+    Srtp(#[from] SrtpError),
 }
 
 impl MediaError {
@@ -58,6 +62,12 @@ impl MediaError {
             self,
             MediaError::LimitReached(_) | MediaError::Ports(PortError::Exhausted { .. })
         )
+    }
+
+    /// True for SDP the relay cannot accept under the legs' SRTP policies
+    /// (SIP 488 Not Acceptable Here).
+    pub fn is_not_acceptable(&self) -> bool {
+        matches!(self, MediaError::Srtp(e) if *e != SrtpError::Random)
     }
 }
 
@@ -73,6 +83,13 @@ pub struct Offer<'a> {
     pub to_iface: Option<&'a str>,
     /// Source policy for the offerer's side (None: the interface's).
     pub from_policy: Option<Policy>,
+    /// SRTP policies of the offerer's and the answerer's legs (None: the
+    /// interface's on the initial offer, then what the leg had).
+    pub from_srtp: Option<SrtpPolicy>,
+    pub to_srtp: Option<SrtpPolicy>,
+    /// SRTP choices for the call (None: the configured defaults on the
+    /// initial offer, then unchanged).
+    pub srtp: Option<SrtpOptions>,
     pub now_ns: u64,
 }
 
@@ -145,6 +162,7 @@ impl MediaCore {
                 iface: i,
                 address: self.ifaces[i].iface.address,
                 policy: policy.unwrap_or(self.ifaces[i].iface.source_policy),
+                srtp: self.ifaces[i].iface.srtp,
             };
             let call = Call {
                 id: o.call_id.to_string(),
@@ -159,6 +177,10 @@ impl MediaCore {
                 created_ns: o.now_ns,
                 touched_ns: o.now_ns,
                 blocked: false,
+                srtp: SrtpOptions {
+                    passthrough: self.limits.srtp_passthrough,
+                    ..SrtpOptions::default()
+                },
             };
             self.calls.insert(o.call_id.to_string(), call);
         }
@@ -213,12 +235,34 @@ impl MediaCore {
             }
         }
         let call = self.calls.get_mut(o.call_id).expect("checked above");
-        for m in media {
-            update_side(
-                &mut call.streams[m.index].sides[from],
-                m,
-                parsed.format_clock_rates(m),
-            );
+        if let Some(p) = o.from_srtp {
+            call.legs[from].srtp = p;
+        }
+        if let Some(p) = o.to_srtp {
+            call.legs[to].srtp = p;
+        }
+        if let Some(opts) = &o.srtp {
+            call.srtp = opts.clone();
+        }
+        // SRTP is negotiated for every m-line before anything changes, so a
+        // refused offer leaves a running call as it was.
+        let negotiated = media
+            .iter()
+            .map(|m| {
+                let sides = &call.streams[m.index].sides;
+                srtp_offer(
+                    m,
+                    [call.legs[from].srtp, call.legs[to].srtp],
+                    &call.srtp,
+                    [sides[from].srtp.as_ref(), sides[to].srtp.as_ref()],
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        for (m, neg) in media.iter().zip(&negotiated) {
+            let sides = &mut call.streams[m.index].sides;
+            update_side(&mut sides[from], m, parsed.format_clock_rates(m));
+            sides[from].srtp = neg.from.clone();
+            sides[to].srtp = neg.to.clone();
         }
         call.pending_offer = Some(from);
         call.last_offerer = from;
@@ -227,7 +271,12 @@ impl MediaCore {
             addr: call.legs[to].address,
             media: media
                 .iter()
-                .map(|m| side_rewrite(m, &call.streams[m.index].sides[to]))
+                .zip(negotiated)
+                .map(|(m, neg)| MediaRewrite {
+                    proto: neg.proto,
+                    crypto: neg.crypto,
+                    ..side_rewrite(m, &call.streams[m.index].sides[to])
+                })
                 .collect(),
             strip_ice: true,
         };
@@ -276,12 +325,23 @@ impl MediaCore {
         if let Some(p) = a.to_policy {
             call.legs[answerer].policy = p;
         }
-        for m in &media {
-            update_side(
-                &mut call.streams[m.index].sides[answerer],
-                m,
-                parsed.format_clock_rates(m),
-            );
+        let negotiated = media
+            .iter()
+            .map(|m| {
+                let sides = &call.streams[m.index].sides;
+                srtp_answer(
+                    m,
+                    sides[answerer].srtp.as_ref(),
+                    sides[offerer].srtp.as_ref(),
+                    &sides[offerer].proto,
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        for (m, neg) in media.iter().zip(&negotiated) {
+            let sides = &mut call.streams[m.index].sides;
+            update_side(&mut sides[answerer], m, parsed.format_clock_rates(m));
+            sides[answerer].srtp = neg.to.clone();
+            sides[offerer].srtp = neg.from.clone();
         }
         call.pending_offer = None;
         call.answered = true;
@@ -290,7 +350,12 @@ impl MediaCore {
             addr: call.legs[offerer].address,
             media: media
                 .iter()
-                .map(|m| side_rewrite(m, &call.streams[m.index].sides[offerer]))
+                .zip(negotiated)
+                .map(|(m, neg)| MediaRewrite {
+                    proto: neg.proto,
+                    crypto: neg.crypto,
+                    ..side_rewrite(m, &call.streams[m.index].sides[offerer])
+                })
                 .collect(),
             strip_ice: true,
         };
@@ -481,6 +546,7 @@ fn update_side(side: &mut Side, m: &sdp::Media, formats: Vec<(String, u32)>) {
     side.formats = formats;
     side.direction = m.direction;
     side.rtcp_mux = m.rtcp_mux;
+    side.proto = m.proto.clone();
     let Some(addr) = m.connection else {
         return;
     };
@@ -500,11 +566,7 @@ fn update_side(side: &mut Side, m: &sdp::Media, formats: Vec<(String, u32)>) {
 /// How one m-line is rewritten toward a leg: that leg's relay ports.
 fn side_rewrite(m: &sdp::Media, toward: &Side) -> MediaRewrite {
     if m.port == 0 {
-        return MediaRewrite {
-            port: None,
-            rtcp_port: None,
-            direction: None,
-        };
+        return MediaRewrite::default();
     }
     MediaRewrite {
         port: Some(toward.relay_port),
@@ -516,6 +578,207 @@ fn side_rewrite(m: &sdp::Media, toward: &Side) -> MediaRewrite {
                 toward.relay_port + 1
             }
         }),
-        direction: None,
+        ..MediaRewrite::default()
     }
+}
+
+/// SRTP of one m-line after an offer or answer: the new state of the
+/// offerer's side (`from`) and the answerer's (`to`), and what the SDP sent
+/// on gets as profile and a=crypto lines.
+struct SrtpStep {
+    from: Option<SideSrtp>,
+    to: Option<SideSrtp>,
+    proto: Option<String>,
+    crypto: Option<Vec<String>>,
+}
+
+/// An offer's m-line from the leg with policy `pol[0]` toward the leg with
+/// `pol[1]`; `prev` is what the two sides had (re-offers keep agreed keys,
+/// so a re-INVITE for hold does not restart the crypto).
+fn srtp_offer(
+    m: &sdp::Media,
+    pol: [SrtpPolicy; 2],
+    opts: &SrtpOptions,
+    prev: [Option<&SideSrtp>; 2],
+) -> Result<SrtpStep, SrtpError> {
+    if m.port == 0 || !srtp::is_rtp_profile(&m.proto) {
+        return Ok(SrtpStep {
+            from: None,
+            to: None,
+            proto: None,
+            crypto: None,
+        });
+    }
+    let index = m.index;
+    let (lines, why) = srtp::usable_lines(&m.crypto, &opts.suites);
+    let secure = srtp::is_srtp_profile(&m.proto);
+    let from_srtp = match pol[0] {
+        // An a=crypto on RTP/AVP is best effort: a plain leg ignores it.
+        SrtpPolicy::Off if secure => return Err(SrtpError::Forbidden { index }),
+        SrtpPolicy::Off => false,
+        SrtpPolicy::Required if lines.is_empty() => {
+            return Err(SrtpError::Required { index, why });
+        }
+        SrtpPolicy::Optional if secure && lines.is_empty() => {
+            return Err(SrtpError::NoUsableCrypto { index, why });
+        }
+        SrtpPolicy::Required | SrtpPolicy::Optional => !lines.is_empty(),
+    };
+    let to_srtp = match pol[1] {
+        SrtpPolicy::Required => true,
+        SrtpPolicy::Off => false,
+        SrtpPolicy::Optional => from_srtp,
+    };
+    if !to_srtp {
+        // The offerer's own keys never reach a plain leg.
+        return Ok(SrtpStep {
+            from: from_srtp
+                .then(|| offerer_side(&lines, prev[0]))
+                .transpose()?,
+            to: None,
+            proto: Some(srtp::plain_profile(&m.proto)),
+            crypto: Some(Vec::new()),
+        });
+    }
+    // The answerer side keeps its agreed key until it answers this offer.
+    let keep = |p: Option<&SideSrtp>| SideSrtp {
+        peer_key: p.and_then(|p| p.peer_key.clone()),
+        relay_line: p.and_then(|p| p.relay_line.clone()),
+        ..SideSrtp::default()
+    };
+    if from_srtp && opts.passthrough {
+        // Pass-through: the offerer's lines go on unchanged; the keys are
+        // paired when the answer says which line was taken.
+        return Ok(SrtpStep {
+            from: Some(SideSrtp {
+                passthrough: true,
+                ..keep(prev[0])
+            }),
+            to: Some(SideSrtp {
+                offered: lines,
+                passthrough: true,
+                ..keep(prev[1])
+            }),
+            proto: Some(srtp::srtp_profile(&m.proto)),
+            crypto: None,
+        });
+    }
+    let offered = match prev[1].and_then(|p| p.relay_line.as_ref()) {
+        // Agreed before and still allowed: offer the same key again.
+        Some(line)
+            if !prev[1].is_some_and(|p| p.passthrough) && opts.suites.contains(&line.suite()) =>
+        {
+            vec![line.clone()]
+        }
+        _ => srtp::fresh_offer(&opts.suites)?,
+    };
+    Ok(SrtpStep {
+        from: from_srtp
+            .then(|| offerer_side(&lines, prev[0]))
+            .transpose()?,
+        to: Some(SideSrtp {
+            offered: offered.clone(),
+            ..keep(prev[1])
+        }),
+        proto: Some(srtp::srtp_profile(&m.proto)),
+        crypto: Some(srtp::sdp_values(&offered)),
+    })
+}
+
+/// The offerer's side when the relay terminates its SRTP: its first usable
+/// line gives the key it sends with; the relay answers that line with its
+/// own key (the same one again if the line is the one agreed before).
+fn offerer_side(lines: &[CryptoAttribute], prev: Option<&SideSrtp>) -> Result<SideSrtp, SrtpError> {
+    let chosen = lines.first().ok_or(SrtpError::Random)?;
+    let relay_line = match prev.and_then(|p| p.relay_line.as_ref()) {
+        Some(l)
+            if !prev.is_some_and(|p| p.passthrough)
+                && l.tag == chosen.tag
+                && l.suite() == chosen.suite() =>
+        {
+            l.clone()
+        }
+        _ => chosen.answer().map_err(|_| SrtpError::Random)?,
+    };
+    Ok(SideSrtp {
+        peer_key: Some(chosen.key.clone()),
+        relay_line: Some(relay_line),
+        offered: Vec::new(),
+        passthrough: false,
+    })
+}
+
+/// An answer's m-line from the answerer (`to`, with what the relay offered
+/// it) back to the offerer (`from`, whose m-line had profile `from_proto`).
+fn srtp_answer(
+    m: &sdp::Media,
+    to: Option<&SideSrtp>,
+    from: Option<&SideSrtp>,
+    from_proto: &str,
+) -> Result<SrtpStep, SrtpError> {
+    let index = m.index;
+    // The answer goes back in the offerer's own profile.
+    let proto = srtp::is_rtp_profile(from_proto).then(|| from_proto.to_string());
+    if m.port == 0 {
+        return Ok(SrtpStep {
+            from: from.cloned(),
+            to: to.cloned(),
+            proto,
+            crypto: Some(Vec::new()),
+        });
+    }
+    let Some(to) = to else {
+        // A plain answerer: whatever a=crypto it wrote is ignored.
+        return Ok(SrtpStep {
+            from: from.cloned(),
+            to: None,
+            proto,
+            crypto: Some(
+                from.and_then(|f| f.relay_line.as_ref())
+                    .map_or_else(Vec::new, |l| srtp::sdp_values(std::slice::from_ref(l))),
+            ),
+        });
+    };
+    // The answer's line must carry the tag and suite of a line we offered.
+    let accepted = m.crypto.iter().find_map(|v| {
+        let line = CryptoAttribute::parse(v).ok()?;
+        let ours = to
+            .offered
+            .iter()
+            .find(|o| o.tag == line.tag && o.suite() == line.suite())?;
+        Some((line, ours.clone()))
+    });
+    let Some((theirs, ours)) = accepted else {
+        return Err(SrtpError::AnswerWithoutCrypto { index });
+    };
+    let new_to = SideSrtp {
+        peer_key: Some(theirs.key.clone()),
+        relay_line: Some(ours.clone()),
+        offered: to.offered.clone(),
+        passthrough: to.passthrough,
+    };
+    if to.passthrough {
+        // Each side gets the other's key unchanged: the answer's lines go
+        // back as they are.
+        return Ok(SrtpStep {
+            from: Some(SideSrtp {
+                peer_key: Some(ours.key.clone()),
+                relay_line: Some(theirs),
+                offered: Vec::new(),
+                passthrough: true,
+            }),
+            to: Some(new_to),
+            proto,
+            crypto: None,
+        });
+    }
+    Ok(SrtpStep {
+        from: from.cloned(),
+        to: Some(new_to),
+        proto,
+        crypto: Some(
+            from.and_then(|f| f.relay_line.as_ref())
+                .map_or_else(Vec::new, |l| srtp::sdp_values(std::slice::from_ref(l))),
+        ),
+    })
 }

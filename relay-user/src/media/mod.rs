@@ -5,9 +5,13 @@
 pub mod call;
 pub mod core;
 pub mod ports;
+pub mod srtp;
 
 pub use call::{CallView, RuleContext};
 pub use core::{Answer, MediaCore, MediaError, Offer, Outcome, RuleChange};
+pub use srtp::{SrtpOptions, SrtpPolicy};
 
+#[cfg(test)]
+mod srtp_tests;
 #[cfg(test)]
 mod tests;

@@ -20,6 +20,7 @@ fn core(max_calls: usize, ports: (u16, u16)) -> MediaCore {
         port_min: ports.0,
         port_max: ports.1,
         source_policy,
+        srtp: Default::default(),
     });
     MediaCore::new(
         &ifaces,
@@ -27,6 +28,7 @@ fn core(max_calls: usize, ports: (u16, u16)) -> MediaCore {
             max_calls,
             max_streams: 100,
             media_timeout_s: 60,
+            srtp_passthrough: false,
         },
     )
     .unwrap()
@@ -48,6 +50,7 @@ fn offer<'a>(call: &'a str, tag: &'a str, sdp: &'a str) -> Offer<'a> {
         to_iface: Some("outside"),
         from_policy: None,
         now_ns: 1_000,
+        ..Offer::default()
     }
 }
 

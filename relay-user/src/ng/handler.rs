@@ -18,15 +18,18 @@ use tracing::{debug, info, info_span, warn};
 use super::{
     bencode::{self, Dict, Value},
     cache::ReplyCache,
-    request::{Command, Request},
+    request::{Command, Request, normalize},
 };
 use crate::{
     config::DataplaneMode,
     dataplane::{RuleView, monotonic_ns},
-    media::{Answer, MediaError, Offer, ports::PortError},
+    media::{
+        Answer, MediaError, Offer, SrtpOptions, SrtpPolicy, ports::PortError, srtp as media_srtp,
+    },
     relay::{Relay, RelayError},
     rule::{Path, Policy},
     sdp::{self, MediaRewrite, Rewrite},
+    srtp::Suite,
 };
 
 /// Longest cookie accepted (the modules send `serverid_pid_seq`).
@@ -352,6 +355,7 @@ impl Ng {
         let sdp_in = required(&r.sdp, "sdp")?;
         let mut warnings = Vec::new();
         let prepared = prepare_sdp(r, sdp_in, &mut warnings)?;
+        let (to_srtp, srtp) = srtp_options(r)?;
         let mut from_iface = r.from_interface.as_deref();
         let mut to_iface = r.to_interface.as_deref();
         for iface in [&mut from_iface, &mut to_iface] {
@@ -373,6 +377,9 @@ impl Ng {
             from_iface,
             to_iface,
             from_policy: prepared.policy,
+            from_srtp: None,
+            to_srtp,
+            srtp,
             now_ns: monotonic_ns(),
         });
         let sdp_out = match result {
@@ -826,6 +833,48 @@ fn media_failure(e: &RelayError, supports_load_limit: bool) -> Failure {
     Failure::Error(e.to_string())
 }
 
+/// SRTP for the answerer's leg and the call from `transport-protocol`,
+/// `SDES` and the `SRTP-passthrough` flag: RTP/SAVP(F) makes the leg
+/// SRTP-only, RTP/AVP(F) or `SDES-off` plain; `SDES-no-SUITE` and
+/// `SDES-only-SUITE` restrict the suites the relay offers and accepts.
+fn srtp_options(r: &Request) -> Result<(Option<SrtpPolicy>, Option<SrtpOptions>), Failure> {
+    let mut to = match r.transport_protocol.as_deref() {
+        None | Some("accept") => None,
+        Some(tp) if media_srtp::is_srtp_profile(tp) => Some(SrtpPolicy::Required),
+        Some(tp) if media_srtp::is_rtp_profile(tp) => Some(SrtpPolicy::Off),
+        // Checked against the SDP in prepare_sdp.
+        Some(_) => None,
+    };
+    if r.sdes.contains("off") {
+        if to == Some(SrtpPolicy::Required) {
+            return Err(Failure::Error(
+                "SDES-off with an SRTP transport-protocol: no keying left (DTLS-SRTP is not supported)"
+                    .into(),
+            ));
+        }
+        to = Some(SrtpPolicy::Off);
+    }
+    let name = |s: &Suite| normalize(s.sdes_name());
+    let mut suites: Vec<Suite> = Suite::ALL.to_vec();
+    let only: Vec<Suite> = Suite::ALL
+        .into_iter()
+        .filter(|s| r.sdes.contains(&format!("only-{}", name(s))))
+        .collect();
+    if !only.is_empty() {
+        suites = only;
+    }
+    suites.retain(|s| !r.sdes.contains(&format!("no-{}", name(s))));
+    if suites.is_empty() {
+        return Err(Failure::Error("SDES: every crypto suite excluded".into()));
+    }
+    let passthrough = r.has("srtp-passthrough");
+    let opts = (passthrough || suites.len() != Suite::ALL.len()).then_some(SrtpOptions {
+        passthrough,
+        suites,
+    });
+    Ok((to, opts))
+}
+
 /// The SDP as the media core gets it, and the source policy for its sender.
 struct Prepared {
     sdp: String,
@@ -864,12 +913,18 @@ fn prepare_sdp(r: &Request, text: &str, warnings: &mut Vec<String>) -> Result<Pr
     if needs_parse {
         let parsed = sdp::parse(text).map_err(|e| Failure::Error(format!("bad SDP: {e}")))?;
         let media = parsed.media();
+        // RTP/AVP(F) <-> RTP/SAVP(F) is the media core's SRTP (see
+        // `srtp_options`); other profiles (DTLS-SRTP, UDP/TLS) are not
+        // translated.
         if let Some(tp) = transport
-            && let Some(m) = media.iter().find(|m| m.port != 0 && m.proto != tp)
+            && let Some(m) = media.iter().find(|m| {
+                m.port != 0
+                    && m.proto != tp
+                    && !(media_srtp::is_rtp_profile(&m.proto) && media_srtp::is_rtp_profile(tp))
+            })
         {
             return Err(Failure::Error(format!(
-                "transport-protocol {tp}: translating from {} is not supported (no SRTP \
-                 termination on the NG path)",
+                "transport-protocol {tp}: translating from {} is not supported",
                 m.proto
             )));
         }
@@ -894,7 +949,7 @@ fn prepare_sdp(r: &Request, text: &str, warnings: &mut Vec<String>) -> Result<Pr
                     .map(|m| MediaRewrite {
                         port: None,
                         rtcp_port: m.rtcp.map(|(p, _)| p),
-                        direction: None,
+                        ..MediaRewrite::default()
                     })
                     .collect(),
                 strip_ice: false,

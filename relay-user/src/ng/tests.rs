@@ -21,13 +21,13 @@ use super::{
     Ng,
     bencode::{Value, decode},
 };
-use crate::test_rng::Rng;
 use crate::{
     config::Config,
     dataplane::Dataplane,
     relay::Relay,
     rule::{Path as RulePath, Policy},
 };
+use crate::{srtp::Suite, test_rng::Rng};
 
 // ---- captured from Kamailio 5.6.3 (cookie SP bencode) ----
 
@@ -591,12 +591,12 @@ fn rtcp_mux_ice_and_transport_options() {
     );
 
     let r = f.call(&offer(
-        "srtp",
+        "dtls",
         "192.0.2.10",
         6000,
-        &[("transport-protocol", Value::str("RTP/SAVP"))],
+        &[("transport-protocol", Value::str("UDP/TLS/RTP/SAVPF"))],
     ));
-    assert!(reason(&r).contains("RTP/SAVP"), "{r}");
+    assert!(reason(&r).contains("UDP/TLS/RTP/SAVPF"), "{r}");
     let r = f.call(&offer(
         "same",
         "192.0.2.10",
@@ -604,6 +604,92 @@ fn rtcp_mux_ice_and_transport_options() {
         &[("transport protocol", Value::str("RTP/AVP"))],
     ));
     assert_eq!(result(&r), "ok", "{r}");
+}
+
+fn sdp_text(v: &Value) -> String {
+    v.get("sdp")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn transport_protocol_and_sdes_choose_srtp() {
+    let mut f = fixture();
+    // Plain offer, SRTP toward the answerer: the relay's own keys, one line
+    // per allowed suite; SDES-no-/only- restrict them.
+    let r = f.call(&offer(
+        "to-srtp",
+        "192.0.2.10",
+        6000,
+        &[
+            ("transport-protocol", Value::str("RTP/SAVP")),
+            (
+                "SDES",
+                Value::list_of_str(["no-AES_CM_128_HMAC_SHA1_32", "no-AEAD_AES_256_GCM"]),
+            ),
+        ],
+    ));
+    assert_eq!(result(&r), "ok", "{r}");
+    let out = sdp_text(&r);
+    assert!(out.contains(" RTP/SAVP 8\r\n"), "{out}");
+    let suites: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("a=crypto:"))
+        .map(|l| l.split(' ').nth(1).unwrap())
+        .collect();
+    assert_eq!(
+        suites,
+        ["AEAD_AES_128_GCM", "AES_CM_128_HMAC_SHA1_80"],
+        "{out}"
+    );
+
+    // SRTP offer, plain toward the answerer: SDES-off (or RTP/AVP) strips it.
+    let key = crate::srtp::sdes::CryptoAttribute::generate(1, Suite::AesCm128HmacSha1_80)
+        .unwrap()
+        .to_sdp_value();
+    let savp = Value::str(format!(
+        "v=0\r\no=x 1 1 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\nt=0 0\r\n\
+         m=audio 6002 RTP/SAVP 8\r\na=rtpmap:8 PCMA/8000\r\na=crypto:{key}\r\n"
+    ));
+    for (call, opt) in [
+        ("sdes-off", ("SDES", Value::list_of_str(["off"]))),
+        ("to-avp", ("transport-protocol", Value::str("RTP/AVP"))),
+    ] {
+        let r = f.call(&offer(
+            call,
+            "192.0.2.10",
+            6002,
+            &[("sdp", savp.clone()), opt],
+        ));
+        assert_eq!(result(&r), "ok", "{r}");
+        let out = sdp_text(&r);
+        assert!(
+            out.contains(" RTP/AVP 8\r\n") && !out.contains("a=crypto"),
+            "{out}"
+        );
+        // The answer goes back as SRTP with the relay's key.
+        let r = f.call(&answer(call, "198.51.100.10", 7000));
+        assert_eq!(result(&r), "ok", "{r}");
+        let back = sdp_text(&r);
+        assert!(back.contains(" RTP/SAVP 8\r\n"), "{back}");
+        assert!(
+            back.contains("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:"),
+            "{back}"
+        );
+        assert!(!back.contains(&key), "{back}");
+    }
+
+    let r = f.call(&offer(
+        "none-left",
+        "192.0.2.10",
+        6004,
+        &[(
+            "SDES",
+            Value::list_of_str(["only-AES_CM_128_HMAC_SHA1_80", "no-AES_CM_128_HMAC_SHA1_80"]),
+        )],
+    ));
+    assert!(reason(&r).contains("excluded"), "{r}");
 }
 
 #[test]

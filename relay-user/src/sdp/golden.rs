@@ -61,6 +61,9 @@ golden!(
     ice_stripped,
     ice_kept,
     crypto,
+    crypto_removed,
+    crypto_added,
+    crypto_replaced,
     unknown_attributes,
     rejected_stream_revived,
 );
@@ -134,6 +137,13 @@ fn media_rewrite(name: &str, spec: &str) -> MediaRewrite {
             None if item == "keep" => {}
             Some(("port", p)) => mr.port = Some(p.parse().unwrap()),
             Some(("rtcp", p)) => mr.rtcp_port = Some(p.parse().unwrap()),
+            Some(("proto", p)) => mr.proto = Some(p.into()),
+            // `crypto=-` removes every line; `crypto=A|B` writes A and B
+            // (`~` stands for a space).
+            Some(("crypto", "-")) => mr.crypto = Some(Vec::new()),
+            Some(("crypto", c)) => {
+                mr.crypto = Some(c.split('|').map(|v| v.replace('~', " ")).collect())
+            }
             Some(("dir", d)) => {
                 mr.direction = Some(
                     Direction::from_attr(d)
@@ -223,13 +233,18 @@ pub(super) fn check_invariants(name: &str, input: &str, rw: &Rewrite, out: &str)
             "{name}: m[{i}] direction"
         );
         assert_eq!(
-            (&n.kind, n.port_count, &n.proto, &n.formats),
-            (&o.kind, o.port_count, &o.proto, &o.formats),
+            (&n.kind, n.port_count, &n.formats),
+            (&o.kind, o.port_count, &o.formats),
             "{name}: m[{i}]"
         );
         assert_eq!(
+            &n.proto,
+            mr.proto.as_ref().unwrap_or(&o.proto),
+            "{name}: m[{i}] proto"
+        );
+        assert_eq!(
             (&n.crypto, n.rtcp_mux),
-            (&o.crypto, o.rtcp_mux),
+            (mr.crypto.as_ref().unwrap_or(&o.crypto), o.rtcp_mux),
             "{name}: m[{i}]"
         );
     }
@@ -241,6 +256,7 @@ pub(super) fn check_invariants(name: &str, input: &str, rw: &Rewrite, out: &str)
             || line.starts_with("c=")
             || line.starts_with("m=")
             || line.starts_with("a=rtcp:")
+            || (super::rewrite::is_crypto(line) && rw.media.iter().any(|m| m.crypto.is_some()))
             || line
                 .strip_prefix("a=")
                 .is_some_and(|a| Direction::from_attr(a.split(':').next().unwrap_or(a)).is_some())

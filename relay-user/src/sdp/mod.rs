@@ -216,6 +216,14 @@ pub struct MediaRewrite {
     /// `Some`: the media-level direction attribute is replaced, or added at
     /// the end of the section. `None` keeps what is there.
     pub direction: Option<Direction>,
+    /// `Some`: the m= line's transport profile ("RTP/SAVP", "RTP/AVP")
+    /// replaced. `None` keeps it.
+    pub proto: Option<String>,
+    /// `Some`: every `a=crypto:` line of the section is replaced by these
+    /// values (the text after `a=crypto:`), written where the first one
+    /// was, else at the end of the section; an empty list removes them all.
+    /// `None` keeps them byte for byte.
+    pub crypto: Option<Vec<String>>,
 }
 
 impl MediaRewrite {
@@ -224,8 +232,7 @@ impl MediaRewrite {
     pub fn anchored(port: u16) -> MediaRewrite {
         MediaRewrite {
             port: Some(port),
-            rtcp_port: None,
-            direction: None,
+            ..MediaRewrite::default()
         }
     }
 }

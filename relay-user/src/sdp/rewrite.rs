@@ -53,6 +53,8 @@ pub(super) fn rewrite(sdp: &Sdp, rw: &Rewrite) -> Result<String, SdpError> {
         // needs an address: a media-level c= after the m= and i= lines.
         let mut add_connection =
             section.media.connection.is_none() && mr.port.is_some_and(|p| p != 0);
+        // The replacement a=crypto lines, until written.
+        let mut crypto = mr.crypto.as_deref();
         for i in section.start..section.end {
             let line = sdp.line(i);
             if add_connection && i != section.start && !line.starts_with("i=") {
@@ -60,7 +62,11 @@ pub(super) fn rewrite(sdp: &Sdp, rw: &Rewrite) -> Result<String, SdpError> {
                 add_connection = false;
             }
             if i == section.start {
-                media_line(&mut out, line, mr.port);
+                media_line(&mut out, line, mr.port, mr.proto.as_deref());
+            } else if mr.crypto.is_some() && is_crypto(line) {
+                if let Some(values) = crypto.take() {
+                    crypto_lines(&mut out, values);
+                }
             } else if section.connection_line == Some(i) {
                 // Parsed from this very line, so present.
                 let original = section.media.connection.unwrap_or(rw.addr);
@@ -80,6 +86,9 @@ pub(super) fn rewrite(sdp: &Sdp, rw: &Rewrite) -> Result<String, SdpError> {
         }
         if add_connection {
             relay_connection(&mut out, rw.addr);
+        }
+        if let Some(values) = crypto {
+            crypto_lines(&mut out, values);
         }
         if section.rtcp_line.is_none() {
             if let Some(port) = mr.rtcp_port {
@@ -128,25 +137,39 @@ fn relay_connection(out: &mut String, addr: IpAddr) {
     push_parts(out, &["c=IN ", addrtype_of(addr), " ", &addr.to_string()]);
 }
 
-/// m=: the port replaced, a `/count` suffix and everything else kept.
-fn media_line(out: &mut String, line: &str, port: Option<u16>) {
+/// m=: the port and the profile replaced, a `/count` suffix and everything
+/// else kept.
+fn media_line(out: &mut String, line: &str, port: Option<u16>, proto: Option<&str>) {
     let value = &line[2..];
-    let (Some(port), Some(field)) = (port, fields(value).get(1).cloned()) else {
+    let f = fields(value);
+    let (Some(port_field), Some(proto_field)) = (f.get(1).cloned(), f.get(2).cloned()) else {
         push_line(out, line);
         return;
     };
-    let port_end = value[field.clone()]
+    let port_end = value[port_field.clone()]
         .find('/')
-        .map_or(field.end, |slash| field.start + slash);
+        .map_or(port_field.end, |slash| port_field.start + slash);
+    let port = port.map_or_else(
+        || value[port_field.start..port_end].to_string(),
+        |p| p.to_string(),
+    );
     push_parts(
         out,
         &[
             "m=",
-            &value[..field.start],
-            &port.to_string(),
-            &value[port_end..],
+            &value[..port_field.start],
+            &port,
+            &value[port_end..proto_field.start],
+            proto.unwrap_or(&value[proto_field.clone()]),
+            &value[proto_field.end..],
         ],
     );
+}
+
+fn crypto_lines(out: &mut String, values: &[String]) {
+    for v in values {
+        push_parts(out, &["a=crypto:", v]);
+    }
 }
 
 /// a=rtcp: the new port, with the relay address when the line had an address
@@ -172,6 +195,12 @@ fn rtcp(out: &mut String, line: &str, port: u16, original: Option<IpAddr>, addr:
             ],
         ),
     }
+}
+
+/// An `a=crypto` attribute, as the parser counts them (with or without a
+/// value).
+pub(super) fn is_crypto(line: &str) -> bool {
+    line == "a=crypto" || line.starts_with("a=crypto:")
 }
 
 pub(super) fn is_ice(line: &str) -> bool {

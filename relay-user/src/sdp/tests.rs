@@ -612,6 +612,13 @@ fn exercise(text: &str, rng: &mut Rng) -> bool {
                 rtcp_port: (rng.below(2) == 0).then(|| 30001 + 2 * i as u16),
                 direction: [None, Some(Direction::SendOnly), Some(Direction::Inactive)]
                     [rng.below(3)],
+                proto: (rng.below(2) == 0).then(|| "RTP/SAVP".to_string()),
+                crypto: [
+                    None,
+                    Some(Vec::new()),
+                    Some(vec!["1 AES_CM_128_HMAC_SHA1_80 inline:x".to_string()]),
+                ][rng.below(3)]
+                .clone(),
             })
             .collect();
         let rw = Rewrite {

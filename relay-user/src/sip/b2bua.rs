@@ -416,6 +416,32 @@ impl B2bua {
         self.tx.send_response(key, r, now).unwrap_or_default()
     }
 
+    /// 488 with a Warning (RFC 3261 section 20.43, code 399: miscellaneous)
+    /// that says why, e.g. a trunk that requires SRTP and a plain offer.
+    fn not_acceptable(
+        &mut self,
+        key: &TxKey,
+        req: &SipMessage,
+        e: &RelayError,
+        to_tag: &str,
+        now: Instant,
+    ) -> Vec<Action> {
+        let mut r = response_for(req, 488, "Not Acceptable Here", Some(to_tag));
+        let text: String = e
+            .to_string()
+            .chars()
+            .map(|c| {
+                if c == '"' || c == '\\' || c.is_control() {
+                    '\''
+                } else {
+                    c
+                }
+            })
+            .collect();
+        r.add_header("Warning", &format!("399 relay \"{text}\""));
+        self.tx.send_response(key, r, now).unwrap_or_default()
+    }
+
     fn no_such_dialog(&mut self, key: &TxKey, msg: &SipMessage, now: Instant) -> Vec<Action> {
         self.respond(key, msg, 481, "Call/Transaction Does Not Exist", None, now)
     }
@@ -515,6 +541,9 @@ impl B2bua {
             from_iface: Some(&a_cfg.interface),
             to_iface: Some(&b_cfg.interface),
             from_policy: None,
+            from_srtp: a_cfg.srtp,
+            to_srtp: b_cfg.srtp,
+            srtp: None,
             now_ns: crate::dataplane::monotonic_ns(),
         });
         let b_sdp = match offered {
@@ -523,6 +552,9 @@ impl B2bua {
                 self.stats.calls_failed += 1;
                 warn!(error = %e, "offer refused");
                 let (code, reason) = refusal(&e);
+                if code == 488 {
+                    return self.not_acceptable(&key, &msg, &e, &a_tag, now);
+                }
                 return self.respond(&key, &msg, code, reason, Some(&a_tag), now);
             }
         };
@@ -1143,6 +1175,7 @@ fn refusal(e: &RelayError) -> (u16, &'static str) {
     match e {
         e if e.is_load_limit() => (503, "Service Unavailable"),
         RelayError::Media(crate::media::MediaError::Sdp(_)) => (488, "Not Acceptable Here"),
+        RelayError::Media(m) if m.is_not_acceptable() => (488, "Not Acceptable Here"),
         _ => (500, "Server Internal Error"),
     }
 }

@@ -229,6 +229,10 @@ pub struct TrunkConfig {
     /// TLS settings; required for, and only allowed with, transport "tls".
     #[serde(default)]
     pub tls: Option<TrunkTlsConfig>,
+    /// SRTP on this trunk's media legs: "required", "optional" or "off";
+    /// absent: the media interface's `srtp`.
+    #[serde(default)]
+    pub srtp: Option<crate::media::SrtpPolicy>,
 }
 
 fn de_transport<'de, D: serde::Deserializer<'de>>(d: D) -> Result<TransportKind, D::Error> {
@@ -412,6 +416,8 @@ pub struct Trunk {
     pub max_calls: Option<u32>,
     pub pass_headers: Vec<String>,
     pub tls: Option<TrunkTls>,
+    /// SRTP policy of this trunk's media legs (None: the interface's).
+    pub srtp: Option<crate::media::SrtpPolicy>,
     /// Addresses a host-name peer resolved to ([`Trunks::resolve`]).
     resolved: Vec<SocketAddr>,
 }
@@ -669,6 +675,7 @@ impl Trunks {
                 max_calls: t.max_calls,
                 pass_headers,
                 tls,
+                srtp: t.srtp,
                 resolved: Vec::new(),
             });
         }

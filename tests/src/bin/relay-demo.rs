@@ -2,10 +2,13 @@
 //!
 //! Builds four network namespaces (PBX, relay, cloud service, attacker),
 //! starts relayd with XDP on its interfaces, a TLS-only voicemail service
-//! (Kamailio with mutual TLS in front of a sipp user agent) and a PBX (sipp
-//! playing G.711 audio), places calls through the relay, shows that their
-//! media went through the kernel path, sprays unsolicited packets and shows
-//! them dropped, and cleans everything up. Needs root.
+//! (Kamailio with mutual TLS in front of a sipp user agent) that requires
+//! SRTP, and a PBX (sipp playing plain G.711 audio), places calls through the
+//! relay, which transcrypts: the PBX's audio reaches the service encrypted
+//! with the relay's key, and the service's SRTP (sent by this program with
+//! libsrtp, since sipp has no SRTP) reaches the PBX decrypted. Then sprays
+//! unsolicited and forged packets and shows them dropped, and cleans
+//! everything up. Needs root.
 
 use std::{
     process::ExitCode,
@@ -14,12 +17,17 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use relay_tests::{
+    libsrtp::{LibSrtp, MAX_TRAILER},
     sip_peers::{
-        Hangup, Pki, Uac, Uas, relay_sip_config, start_kamailio_tls, start_pbx, start_service,
+        Hangup, Pki, Uac, Uas, relay_sip_config, sipp, start_kamailio_tls, start_pbx, uas_scenario,
     },
     topology::{RelaydOpts, Topology},
 };
-use relay_user::{control::Request, dataplane::RuleView};
+use relay_user::{
+    control::Request,
+    dataplane::RuleView,
+    srtp::{Suite, sdes::CryptoAttribute},
+};
 
 const CALLS: u32 = 3;
 
@@ -49,29 +57,58 @@ fn run() -> Result<()> {
     std::fs::create_dir_all(&dir)?;
 
     step(
-        "certificates (test CA), and the voicemail service: Kamailio, TLS only, client certificates required",
+        "certificates (test CA), and the voicemail service: Kamailio, TLS only, client certificates required; SRTP only (SDES)",
     );
     let pki = Pki::create(&dir.join("pki"))?;
     let _kamailio = start_kamailio_tls(&t.callee, &pki, "service", &dir)?;
     let calls = CALLS.to_string();
-    // audio_ms > 0: the service plays audio back to the PBX.
-    let mut service = start_service(
+    // The service answers RTP/SAVP with its own key (the relay's first
+    // offered line is tag 1, AEAD_AES_128_GCM) and media on SERVICE_MEDIA,
+    // where this program's libsrtp endpoint listens.
+    let service_key = CryptoAttribute::generate(1, Suite::AeadAes128Gcm)?;
+    let scenario = uas_scenario(Uas::Accept {
+        hangup: Hangup::Awaits,
+        hold: false,
+        audio_ms: 0,
+    })
+    .replace(
+        "m=audio [media_port] RTP/AVP 8 101\n",
+        &format!("m=audio {SERVICE_MEDIA_PORT} RTP/SAVP 8 101\n"),
+    )
+    .replace(
+        "a=fmtp:101 0-15\n",
+        &format!("a=fmtp:101 0-15\na=crypto:{}\n", service_key.to_sdp_value()),
+    );
+    let mut service = sipp(
         &t.callee,
         &dir,
         "service",
-        Uas::Accept {
-            hangup: Hangup::Awaits,
-            hold: false,
-            audio_ms: 6000,
-        },
-        CALLS,
+        &scenario,
+        &[
+            "-i",
+            "198.51.100.10",
+            "-p",
+            "5080",
+            "-mi",
+            "198.51.100.10",
+            "-mp",
+            "16000",
+            "-m",
+            &calls,
+        ],
     )?;
+    let media = Topology::socket(&t.callee, &format!("198.51.100.10:{SERVICE_MEDIA_PORT}"))?;
 
     step(
-        "relayd: XDP in driver mode on in0, out0, edge0; SIP on udp/tcp 192.0.2.1:5060 and tls 198.51.100.1:5061",
+        "relayd: XDP in driver mode on in0, out0, edge0; SIP on udp/tcp 192.0.2.1:5060 and tls 198.51.100.1:5061; the voicemail trunk has srtp = \"required\"",
+    );
+    let config = relay_sip_config(&pki, 30).replacen(
+        "name = \"voicemail\"\n",
+        "name = \"voicemail\"\nsrtp = \"required\"\n",
+        1,
     );
     t.start_relayd_opts(&RelaydOpts {
-        extra: relay_sip_config(&pki, 30),
+        extra: config,
         ..RelaydOpts::default()
     })?;
 
@@ -90,11 +127,32 @@ fn run() -> Result<()> {
         "u1",
         &["-r", "1", "-m", &calls, "-l", &calls],
     )?;
-    std::thread::sleep(Duration::from_secs(5));
+    // One call per second: wait for all of them.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while service_ports(&t)?.len() < CALLS as usize {
+        if Instant::now() > deadline {
+            bail!("the calls did not come up:\n{}", pbx.log());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     step("calls up: `relayctl calls`");
     print!("{}", relayctl(&t, &["calls"])?);
-    step("their media rules: `relayctl rules` (PACKETS counted by the XDP program)");
-    print!("{}", relayctl(&t, &["rules"])?);
+
+    step(
+        "the service sends 2 s of SRTP per call (libsrtp, its own key) and receives the PBX's audio",
+    );
+    let (sent, received, encrypted) = service_media(&t, &media, &service_key)?;
+    println!(
+        "    service: sent {sent} SRTP packets; received {received} packets from the relay, {encrypted} of them \
+         SRTP (the PBX's 252-byte G.711 packets with a 16-byte GCM tag)"
+    );
+    if received == 0 || encrypted != received {
+        bail!("the service did not get the PBX's audio encrypted ({encrypted}/{received})");
+    }
+    step(
+        "the media flows: `relayctl flows` (every flow has an SRTP end: XDP checks it and passes it up, the forwarder transcrypts)",
+    );
+    print!("{}", relayctl(&t, &["flows"])?);
     let views: Vec<RuleView> = serde_json::from_value(t.call(&Request::Rules)?)?;
     let xdp: u64 = views
         .iter()
@@ -105,7 +163,7 @@ fn run() -> Result<()> {
         .map(|v| v.userspace.as_ref().map_or(0, |x| x.packets))
         .sum();
     println!(
-        "    media packets forwarded so far: {xdp} in the kernel (XDP), {user} by the userspace forwarder"
+        "    media packets so far: {xdp} checked by the XDP program, {user} transcrypted by the userspace forwarder"
     );
 
     step("an attacker sprays the inside media port range and spoofs the PBX's address");
@@ -121,9 +179,22 @@ fn run() -> Result<()> {
             spoof.send_to(&rtp, ("192.0.2.1", port))?;
         }
     }
+    step("and forges SRTP toward the relay's outside ports, spoofing the service's media address");
+    let forger =
+        Topology::spoofing_socket(&t.attacker, &format!("198.51.100.10:{SERVICE_MEDIA_PORT}"))?;
+    let mut forged = rtp.clone();
+    forged.extend([0x5a; 16]);
+    for port in service_ports(&t)? {
+        for _ in 0..10 {
+            forger.send_to(&forged, ("198.51.100.1", port))?;
+        }
+    }
     std::thread::sleep(Duration::from_millis(300));
     step("what the relay dropped, by reason: `relayctl counters`");
     print!("{}", relayctl(&t, &["counters"])?);
+
+    step("per flow: `relayctl flows` (auth = forged SRTP dropped after failing authentication)");
+    print!("{}", relayctl(&t, &["flows"])?);
 
     step("waiting for the PBX to hang up");
     let status = pbx.wait(Duration::from_secs(60))?;
@@ -146,15 +217,84 @@ fn run() -> Result<()> {
     step("done");
     println!(
         "    {CALLS} calls from the PBX (UDP) to the TLS-only service, media anchored on the relay;\n    \
-         {} packets forwarded in XDP, {} unsolicited packets dropped in the driver, {} spoofed packets dropped;\n    \
+         {} packets forwarded in XDP, {} transcrypted by the userspace forwarder (plain <-> SRTP, both directions);\n    \
+         {} unsolicited packets dropped in the driver, {} spoofed packets dropped, {} forged SRTP packets dropped;\n    \
          every call ended, every rule and port released. Cleaning up.",
         counters["xdp"]["xdp_redirect"].as_u64().unwrap_or(0)
             + counters["xdp"]["xdp_tx"].as_u64().unwrap_or(0),
+        counters["userspace"]["forwarded"],
         counters["xdp"]["drop_no_flow"],
-        counters["xdp"]["drop_bad_source"],
+        counters["xdp"]["drop_bad_source"].as_u64().unwrap_or(0)
+            + counters["userspace"]["drop_bad_source"]
+                .as_u64()
+                .unwrap_or(0),
+        counters["userspace"]["drop_srtp_auth"],
     );
     t.stop_relayd()?;
     Ok(())
+}
+
+/// Where the service's media endpoint listens (its SDP's m= port).
+const SERVICE_MEDIA_PORT: u16 = 16500;
+
+/// The relay's outside endpoints that receive from the service, one per call.
+fn service_ports(t: &Topology) -> Result<Vec<u16>> {
+    let views: Vec<RuleView> = serde_json::from_value(t.call(&Request::Rules)?)?;
+    Ok(views
+        .iter()
+        .filter(|v| v.rule.local.ip().to_string() == "198.51.100.1" && v.rule.local.port() % 2 == 0)
+        .map(|v| v.rule.local.port())
+        .collect())
+}
+
+/// The service's media endpoint: 100 SRTP packets (2 s of 20 ms G.711
+/// frames) to each call's relay port, and whatever the relay sends it
+/// meanwhile, counted as SRTP when it is not plain G.711 of the PBX's size.
+fn service_media(
+    t: &Topology,
+    media: &std::net::UdpSocket,
+    key: &CryptoAttribute,
+) -> Result<(u32, u32, u32)> {
+    let ports = service_ports(t)?;
+    if ports.len() != CALLS as usize {
+        bail!("expected {CALLS} service-side rules, found {ports:?}");
+    }
+    let mut tx = LibSrtp::new(&key.key, false).map_err(|e| anyhow::anyhow!("libsrtp: {e}"))?;
+    media.set_nonblocking(true)?;
+    let (mut sent, mut received, mut encrypted) = (0u32, 0u32, 0u32);
+    let mut buf = vec![0u8; 2048];
+    for seq in 0..100u16 {
+        for (i, port) in ports.iter().enumerate() {
+            let mut p = vec![0u8; 12 + 160 + MAX_TRAILER];
+            p[0] = 0x80;
+            p[1] = 8; // PCMA
+            p[2..4].copy_from_slice(&seq.to_be_bytes());
+            p[4..8].copy_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+            p[8..12].copy_from_slice(&(0x5e41_0000 + i as u32).to_be_bytes());
+            p[12..172].fill(0xd5); // A-law silence
+            let n = tx
+                .protect_rtp(&mut p, 172)
+                .map_err(|e| anyhow::anyhow!("libsrtp: {e}"))?;
+            media.send_to(&p[..n], ("198.51.100.1", *port))?;
+            sent += 1;
+        }
+        let until = Instant::now() + Duration::from_millis(20);
+        while Instant::now() < until {
+            match media.recv_from(&mut buf) {
+                Ok((n, _)) => {
+                    received += 1;
+                    // The RTP packets of sipp's g711a.pcap are 252 bytes
+                    // (30 ms frames); protected with GCM they gain 16.
+                    if n == 252 + 16 {
+                        encrypted += 1;
+                    }
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(1)),
+            }
+        }
+    }
+    media.set_nonblocking(false)?;
+    Ok((sent, received, encrypted))
 }
 
 fn relayctl(t: &Topology, args: &[&str]) -> Result<String> {

@@ -434,6 +434,7 @@ fn tls_trunk(name: &str, ca: &Path, server_name: &str, sources: &[&str]) -> Trun
             server_name: Some(server_name.into()),
             require_client_cert: true,
         }),
+        srtp: None,
     }
 }
 

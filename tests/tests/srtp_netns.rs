@@ -1,0 +1,469 @@
+//! SRTP in calls, end to end: offer/answer through relayd's control socket,
+//! real packets through the namespace topology with XDP attached, and the
+//! SRTP peer's crypto done by libsrtp (tests/src/libsrtp.rs), independent of
+//! relay's own implementation.
+//!
+//! - transcrypt: a plain-RTP caller and an SRTP-only callee; audio verified
+//!   on both sides, tampered packets and replays dropped and counted per flow,
+//!   no key in any control-socket reply, relayctl output or the log;
+//! - pass-through with authenticated latching: the attacker's SRTP-looking
+//!   packets sent before the real caller never latch or reach the callee; the
+//!   real caller latches, and the flow then runs in XDP.
+
+use std::{
+    net::{SocketAddr, UdpSocket},
+    time::Duration,
+};
+
+use relay_tests::{
+    libsrtp::{LibSrtp, MAX_TRAILER},
+    topology::Topology,
+};
+use relay_user::{
+    control::{Client, Request},
+    media::SrtpPolicy,
+    rule::Policy,
+    srtp::{Suite, sdes::CryptoAttribute},
+};
+use serde_json::Value;
+
+fn sdp(addr: &str, port: u16, proto: &str, crypto: &[String]) -> String {
+    let mut s = format!(
+        "v=0\r\no=peer 1 1 IN IP4 {addr}\r\ns=call\r\nc=IN IP4 {addr}\r\nt=0 0\r\n\
+         m=audio {port} {proto} 0 101\r\na=rtpmap:0 PCMU/8000\r\n\
+         a=rtpmap:101 telephone-event/8000\r\na=ptime:20\r\n"
+    );
+    for c in crypto {
+        s.push_str(&format!("a=crypto:{c}\r\n"));
+    }
+    s
+}
+
+/// The (c=, m=) endpoint of the first audio stream of an SDP.
+fn media_endpoint(sdp: &str) -> SocketAddr {
+    let addr = sdp
+        .lines()
+        .find_map(|l| l.strip_prefix("c=IN IP4 "))
+        .expect("c= line")
+        .trim();
+    let port = sdp
+        .lines()
+        .find_map(|l| l.strip_prefix("m=audio "))
+        .and_then(|l| l.split_whitespace().next())
+        .expect("m= line");
+    format!("{addr}:{port}").parse().unwrap()
+}
+
+fn crypto_lines(sdp: &str) -> Vec<CryptoAttribute> {
+    sdp.lines()
+        .filter_map(|l| l.strip_prefix("a=crypto:"))
+        .map(|v| CryptoAttribute::parse(v).unwrap())
+        .collect()
+}
+
+/// A 172-byte G.711 RTP packet whose payload encodes its sequence number.
+fn rtp(ssrc: u32, seq: u16) -> Vec<u8> {
+    let mut p = vec![0x80, 0x00];
+    p.extend_from_slice(&seq.to_be_bytes());
+    p.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+    p.extend_from_slice(&ssrc.to_be_bytes());
+    p.extend((0..160).map(|i| (i as u8) ^ (seq as u8)));
+    p
+}
+
+fn protect(s: &mut LibSrtp, plain: &[u8]) -> Vec<u8> {
+    let mut buf = vec![0u8; plain.len() + MAX_TRAILER];
+    buf[..plain.len()].copy_from_slice(plain);
+    let n = s
+        .protect_rtp(&mut buf, plain.len())
+        .expect("libsrtp protect");
+    buf.truncate(n);
+    buf
+}
+
+fn recv(rx: &UdpSocket) -> Option<(Vec<u8>, SocketAddr)> {
+    let mut buf = [0u8; 2048];
+    rx.recv_from(&mut buf)
+        .ok()
+        .map(|(n, from)| (buf[..n].to_vec(), from))
+}
+
+fn assert_silent(rx: &UdpSocket, what: &str) {
+    rx.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    if let Some((p, from)) = recv(rx) {
+        panic!("{what}: unexpected {}-byte packet from {from}", p.len());
+    }
+    rx.set_read_timeout(Some(Duration::from_millis(1000)))
+        .unwrap();
+}
+
+fn call(c: &mut Client, t: &Topology, r: &Request) -> Value {
+    c.call(r)
+        .unwrap_or_else(|e| panic!("{r:?}: {e}\nrelayd log:\n{}", t.relayd_log()))
+}
+
+/// The control socket's view of the rule on `local` (raw JSON: the SRTP
+/// mode is serialized, never read back).
+fn rule_view(t: &Topology, local: SocketAddr) -> Value {
+    t.call(&Request::Rule { local }).unwrap()
+}
+
+fn drops(v: &Value, path: &str, reason: &str) -> u64 {
+    v[path]["drops"][reason].as_u64().unwrap_or(0)
+}
+
+fn packets(v: &Value, path: &str) -> u64 {
+    v[path]["packets"].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn transcrypt_plain_caller_srtp_callee() {
+    transcrypt("xdp");
+}
+
+/// The same with the userspace forwarder as the whole data plane.
+#[test]
+fn transcrypt_userspace_dataplane() {
+    transcrypt("userspace");
+}
+
+fn transcrypt(mode: &str) {
+    if !relay_tests::require_root() {
+        return;
+    }
+    let mut t = Topology::new().expect("topology");
+    t.start_relayd(mode).expect("relayd");
+    let mut c = Client::connect(&t.control_socket()).unwrap();
+    let caller = Topology::socket(&t.caller, "192.0.2.10:4000").unwrap();
+    let callee = Topology::socket(&t.callee, "198.51.100.10:5000").unwrap();
+    for s in [&caller, &callee] {
+        s.set_read_timeout(Some(Duration::from_millis(1000)))
+            .unwrap();
+    }
+
+    // The callee's leg is SRTP-only; the caller offers plain RTP.
+    let v = call(
+        &mut c,
+        &t,
+        &Request::Offer {
+            call_id: "srtp-1".into(),
+            from_tag: "a".into(),
+            sdp: sdp("192.0.2.10", 4000, "RTP/AVP", &[]),
+            from_iface: Some("inside".into()),
+            to_iface: Some("outside".into()),
+            policy: None,
+            from_srtp: None,
+            to_srtp: Some(SrtpPolicy::Required),
+            srtp_passthrough: None,
+        },
+    );
+    let to_callee = v["sdp"].as_str().unwrap().to_string();
+    assert!(to_callee.contains(" RTP/SAVP 0 101\r\n"), "{to_callee}");
+    let offered = crypto_lines(&to_callee);
+    assert_eq!(offered.len(), Suite::ALL.len(), "{to_callee}");
+    // The callee takes the classic suite and sends with its own fresh key.
+    let relay_line = offered
+        .iter()
+        .find(|l| l.suite() == Suite::AesCm128HmacSha1_80)
+        .unwrap()
+        .clone();
+    let callee_line = relay_line.answer().unwrap();
+    let v = call(
+        &mut c,
+        &t,
+        &Request::Answer {
+            call_id: "srtp-1".into(),
+            from_tag: "a".into(),
+            to_tag: "b".into(),
+            sdp: sdp(
+                "198.51.100.10",
+                5000,
+                "RTP/SAVP",
+                &[callee_line.to_sdp_value()],
+            ),
+            policy: None,
+        },
+    );
+    let to_caller = v["sdp"].as_str().unwrap().to_string();
+    assert!(to_caller.contains(" RTP/AVP 0 101\r\n"), "{to_caller}");
+    assert!(!to_caller.contains("a=crypto"), "{to_caller}");
+    let relay_out = media_endpoint(&to_callee);
+    let relay_in = media_endpoint(&to_caller);
+
+    // libsrtp on the callee: it unprotects with the relay's key and
+    // protects with its own.
+    let mut callee_rx = LibSrtp::new(&relay_line.key, true).unwrap();
+    let mut callee_tx = LibSrtp::new(&callee_line.key, false).unwrap();
+
+    // Caller -> callee: plain in, SRTP out.
+    const N: u16 = 50;
+    for seq in 0..N {
+        let plain = rtp(0x1111, seq);
+        caller.send_to(&plain, relay_in).unwrap();
+        let (mut got, from) =
+            recv(&callee).unwrap_or_else(|| panic!("packet {seq} lost\n{}", t.relayd_log()));
+        assert_eq!(from, relay_out);
+        assert_eq!(got.len(), plain.len() + 10, "80-bit tag appended");
+        assert_ne!(got[12..172], plain[12..], "payload encrypted on the wire");
+        let n = callee_rx
+            .unprotect_rtp(&mut got, plain.len() + 10)
+            .unwrap_or_else(|e| panic!("libsrtp rejected packet {seq}: {e}"));
+        assert_eq!(&got[..n], &plain[..], "packet {seq}");
+    }
+
+    // Callee -> caller: SRTP in, plain out. Keep protected copies to replay.
+    let mut sent = Vec::new();
+    for seq in 0..N {
+        let plain = rtp(0x2222, seq);
+        let srtp = protect(&mut callee_tx, &plain);
+        callee.send_to(&srtp, relay_out).unwrap();
+        let (got, from) =
+            recv(&caller).unwrap_or_else(|| panic!("packet {seq} lost\n{}", t.relayd_log()));
+        assert_eq!(from, relay_in);
+        assert_eq!(got, plain, "packet {seq} decrypted");
+        sent.push(srtp);
+    }
+
+    // Tampered (one payload bit) and replayed packets go nowhere and are
+    // counted on the callee's flow.
+    let before = rule_view(&t, relay_out);
+    let mut tampered = protect(&mut callee_tx, &rtp(0x2222, N));
+    tampered[40] ^= 0x01;
+    callee.send_to(&tampered, relay_out).unwrap();
+    for p in &sent[..3] {
+        callee.send_to(p, relay_out).unwrap();
+    }
+    assert_silent(&caller, "tampered and replayed packets");
+    let after = rule_view(&t, relay_out);
+    assert_eq!(
+        drops(&after, "userspace", "srtp_auth") - drops(&before, "userspace", "srtp_auth"),
+        1,
+        "{after:#}"
+    );
+    assert_eq!(
+        drops(&after, "userspace", "srtp_replay") - drops(&before, "userspace", "srtp_replay"),
+        3,
+        "{after:#}"
+    );
+    // The genuine stream goes on after them.
+    let plain = rtp(0x2222, N + 1);
+    callee
+        .send_to(&protect(&mut callee_tx, &plain), relay_out)
+        .unwrap();
+    assert_eq!(recv(&caller).expect("stream resumes").0, plain);
+
+    // Both rules take the userspace (crypto) path and say which step.
+    let up = rule_view(&t, relay_in);
+    assert_eq!(up["rule"]["path"], "userspace", "{up:#}");
+    assert_eq!(up["rule"]["srtp"], "encrypt", "{up:#}");
+    assert_eq!(after["rule"]["srtp"], "decrypt", "{after:#}");
+    assert!(packets(&up, "userspace") >= u64::from(N), "{up:#}");
+    if mode == "xdp" {
+        assert!(
+            packets(&up, "xdp") >= u64::from(N),
+            "XDP checked and passed up: {up:#}"
+        );
+    }
+    let counters = t.call(&Request::Counters).unwrap();
+    assert!(counters["userspace"]["drop_srtp_auth"].as_u64() >= Some(1));
+    assert!(counters["userspace"]["drop_srtp_replay"].as_u64() >= Some(3));
+
+    // relayctl shows the drops per flow next to the others.
+    let out = t.relayctl(&["flows"]).unwrap();
+    let flows = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        flows.contains("auth=1") && flows.contains("replay=3"),
+        "{flows}"
+    );
+    let out = t.relayctl(&["drops"]).unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("srtp_auth") && table.contains("srtp_replay"),
+        "{table}"
+    );
+
+    // No key anywhere an operator can look.
+    let keys: Vec<String> = [&relay_line, &callee_line]
+        .iter()
+        .map(|l| {
+            l.to_sdp_value()
+                .split("inline:")
+                .nth(1)
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let mut seen = String::new();
+    for args in [
+        &["--json", "rules"][..],
+        &["--json", "flows"],
+        &["--json", "calls"],
+        &["flows"],
+        &["calls"],
+    ] {
+        let out = t.relayctl(args).unwrap();
+        seen.push_str(&String::from_utf8_lossy(&out.stdout));
+    }
+    seen.push_str(
+        &t.call(&Request::Query {
+            call_id: "srtp-1".into(),
+        })
+        .unwrap()
+        .to_string(),
+    );
+    seen.push_str(&t.call(&Request::Rules).unwrap().to_string());
+    seen.push_str(&t.relayd_log());
+    for k in &keys {
+        assert!(!seen.contains(k.as_str()), "a key leaked");
+        // Also in its unpadded form.
+        assert!(!seen.contains(k.trim_end_matches('=')), "a key leaked");
+    }
+    assert!(
+        seen.contains("AES_CM_128_HMAC_SHA1_80"),
+        "the suite is shown"
+    );
+
+    call(
+        &mut c,
+        &t,
+        &Request::Delete {
+            call_id: "srtp-1".into(),
+        },
+    );
+}
+
+#[test]
+fn passthrough_authenticated_latching_then_xdp() {
+    if !relay_tests::require_root() {
+        return;
+    }
+    let mut t = Topology::new().expect("topology");
+    t.start_relayd("xdp").expect("relayd");
+    let mut c = Client::connect(&t.control_socket()).unwrap();
+    let caller = Topology::socket(&t.caller, "192.0.2.10:4000").unwrap();
+    let callee = Topology::socket(&t.callee, "198.51.100.10:5000").unwrap();
+    let attacker = Topology::socket(&t.attacker, "203.0.113.66:4000").unwrap();
+    for s in [&caller, &callee, &attacker] {
+        s.set_read_timeout(Some(Duration::from_millis(1000)))
+            .unwrap();
+    }
+
+    // The caller is behind NAT (latch); both legs SRTP, keys passed through.
+    let caller_line = CryptoAttribute::generate(1, Suite::AeadAes128Gcm).unwrap();
+    let v = call(
+        &mut c,
+        &t,
+        &Request::Offer {
+            call_id: "pt-1".into(),
+            from_tag: "a".into(),
+            sdp: sdp(
+                "192.0.2.10",
+                4000,
+                "RTP/SAVP",
+                &[caller_line.to_sdp_value()],
+            ),
+            from_iface: Some("inside".into()),
+            to_iface: Some("outside".into()),
+            policy: Some(Policy::Latch),
+            from_srtp: None,
+            to_srtp: Some(SrtpPolicy::Required),
+            srtp_passthrough: Some(true),
+        },
+    );
+    let to_callee = v["sdp"].as_str().unwrap().to_string();
+    assert!(
+        to_callee.contains(&format!("a=crypto:{}", caller_line.to_sdp_value())),
+        "{to_callee}"
+    );
+    let callee_line = caller_line.answer().unwrap();
+    let v = call(
+        &mut c,
+        &t,
+        &Request::Answer {
+            call_id: "pt-1".into(),
+            from_tag: "a".into(),
+            to_tag: "b".into(),
+            sdp: sdp(
+                "198.51.100.10",
+                5000,
+                "RTP/SAVP",
+                &[callee_line.to_sdp_value()],
+            ),
+            policy: None,
+        },
+    );
+    let to_caller = v["sdp"].as_str().unwrap().to_string();
+    let relay_in = media_endpoint(&to_caller);
+    let relay_out = media_endpoint(&to_callee);
+    let up = rule_view(&t, relay_in);
+    assert_eq!(up["rule"]["path"], "forward", "{up:#}");
+    assert_eq!(up["rule"]["srtp"], "passthrough", "{up:#}");
+
+    // The attacker gets there first with SRTP-looking packets: an RTP header
+    // and a tag made with a key of its own.
+    let wrong = CryptoAttribute::generate(1, Suite::AeadAes128Gcm).unwrap();
+    let mut forger = LibSrtp::new(&wrong.key, false).unwrap();
+    for seq in 0..20 {
+        attacker
+            .send_to(&protect(&mut forger, &rtp(0x6666, seq)), relay_in)
+            .unwrap();
+    }
+    assert_silent(&callee, "forged SRTP before the real peer");
+    let v = rule_view(&t, relay_in);
+    assert_eq!(drops(&v, "userspace", "srtp_auth"), 20, "{v:#}");
+    assert!(v["latched_source"].is_null(), "nothing latched: {v:#}");
+
+    // The real caller's packets authenticate and latch.
+    let mut caller_tx = LibSrtp::new(&caller_line.key, false).unwrap();
+    let mut callee_rx = LibSrtp::new(&caller_line.key, true).unwrap();
+    const N: u16 = 100;
+    for seq in 0..N {
+        let plain = rtp(0x1234, seq);
+        let srtp = protect(&mut caller_tx, &plain);
+        caller.send_to(&srtp, relay_in).unwrap();
+        let (mut got, from) =
+            recv(&callee).unwrap_or_else(|| panic!("packet {seq} lost\n{}", t.relayd_log()));
+        assert_eq!(from, relay_out);
+        assert_eq!(got, srtp, "pass-through leaves the packet as it is");
+        let n = callee_rx.unprotect_rtp(&mut got, srtp.len()).unwrap();
+        assert_eq!(&got[..n], &plain[..]);
+        if seq == 0 {
+            // Let relayd hand the learned source to the kernel.
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    let v = rule_view(&t, relay_in);
+    assert_eq!(v["latched_source"], "192.0.2.10:4000", "{v:#}");
+    let user = packets(&v, "userspace");
+    assert!(
+        (1..10).contains(&user),
+        "only the first packets went up: {v:#}"
+    );
+    assert!(
+        packets(&v, "xdp") >= u64::from(N),
+        "the rest stayed in XDP: {v:#}"
+    );
+
+    // Now locked: the attacker is dropped in the kernel as a bad source, even
+    // with a replayed genuine packet.
+    let genuine = protect(&mut caller_tx, &rtp(0x1234, N));
+    attacker.send_to(&genuine, relay_in).unwrap();
+    for seq in 20..30 {
+        attacker
+            .send_to(&protect(&mut forger, &rtp(0x6666, seq)), relay_in)
+            .unwrap();
+    }
+    assert_silent(&callee, "attacker after the latch");
+    let after = rule_view(&t, relay_in);
+    assert_eq!(drops(&after, "xdp", "bad_source"), 11, "{after:#}");
+    assert_eq!(packets(&after, "userspace"), user, "{after:#}");
+
+    call(
+        &mut c,
+        &t,
+        &Request::Delete {
+            call_id: "pt-1".into(),
+        },
+    );
+}
