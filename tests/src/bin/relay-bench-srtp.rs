@@ -488,8 +488,9 @@ impl Report {
              of that thread (`CLOCK_THREAD_CPUTIME_ID`), which discounts time other work on this \
              shared machine took from it. The best round of each is the closest to its capacity; \
              the target is judged on those, medians are beside.\n\n\
-             Not measured here yet: forwarding in transcrypt and re-key modes through the network \
-             namespaces against rtpengine, which needs SRTP in the userspace forwarder.\n\n\
+             Forwarding in transcrypt and re-key modes through the network namespaces, against \
+             rtpengine, is in [srtp-forwarding.md](srtp-forwarding.md) (the same `cargo xtask bench \
+             srtp` writes it).\n\n\
              ## Machine\n\n\
              - Kernel: {kernel}\n- CPU: {cpu}\n- CPUs: 2 (shared with other work on this machine)\n\n\
              ## Results\n\n{table}\n\
