@@ -276,6 +276,11 @@ fn transcrypt(mode: &str) {
         flows.contains("auth=1") && flows.contains("replay=3"),
         "{flows}"
     );
+    // ... and what the forwarder does with each direction's crypto.
+    assert!(
+        flows.contains("userspace/encrypt") && flows.contains("userspace/decrypt"),
+        "{flows}"
+    );
     let out = t.relayctl(&["drops"]).unwrap();
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(

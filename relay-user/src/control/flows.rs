@@ -54,6 +54,11 @@ pub struct FlowView {
     /// Forwarded packets per second over both paths. The control socket
     /// leaves it null: relayctl computes it from two samples.
     pub pps: Option<f64>,
+    /// SRTP work on this flow ("rekey", "encrypt", "decrypt",
+    /// "passthrough"); null for plain RTP and for rules read from the
+    /// pinned maps (the keys live in relayd only).
+    #[serde(default)]
+    pub srtp: Option<String>,
 }
 
 impl FlowView {
@@ -274,6 +279,7 @@ pub fn flows(relay: &Relay) -> FlowsReply {
                     .get(&local)
                     .map(|t| time_ns.saturating_sub(*t) / 1_000_000),
                 pps: None,
+                srtp: v.rule.srtp_mode().map(String::from),
                 view: v,
             }
         })
@@ -308,6 +314,7 @@ pub fn flow(relay: &Relay, which: &FlowRef) -> Option<FlowDetail> {
                 .get(&local)
                 .map(|t| time_ns.saturating_sub(*t) / 1_000_000),
             pps: None,
+            srtp: view.rule.srtp_mode().map(String::from),
             view,
         },
         kernel,
@@ -327,6 +334,7 @@ pub fn flows_from_maps(maps: &FlowMaps) -> FlowsReply {
                 path: kernel_path(&v),
                 age_ms: None,
                 pps: None,
+                srtp: None,
                 view: v,
             })
             .collect(),

@@ -234,7 +234,11 @@ pub fn row(f: &FlowView, kernel_only: bool) -> Vec<String> {
         format!("{:?}", r.policy).to_lowercase(),
         source_cell(f),
         r.dst.to_string(),
-        f.path.as_str().into(),
+        // The SRTP work beside the path: `userspace/rekey`, `xdp/passthrough`.
+        match &f.srtp {
+            Some(mode) => format!("{}/{mode}", f.path.as_str()),
+            None => f.path.as_str().into(),
+        },
         human::count(f.view.packets()),
         human::bytes(f.bytes()),
         human::rate(f.pps),
@@ -298,6 +302,7 @@ mod tests {
             path: FlowPath::Xdp,
             age_ms: Some(id * 1000),
             pps: None,
+            srtp: None,
         }
     }
 
@@ -431,6 +436,15 @@ mod tests {
         });
         let row = row(&f, false);
         assert_eq!(&row[13..], ["10.0", "3.5ms", "7.0s", "3.0s!"]);
+    }
+
+    #[test]
+    fn srtp_mode_beside_the_path() {
+        let mut f = flow(7, "192.0.2.1:30000", 1, 0, None);
+        assert_eq!(row(&f, false)[8], "xdp");
+        f.path = FlowPath::Userspace;
+        f.srtp = Some("rekey".into());
+        assert_eq!(row(&f, false)[8], "userspace/rekey");
     }
 
     #[test]
