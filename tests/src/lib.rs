@@ -10,11 +10,14 @@
 //!   implementation independent of the code under test.
 //! - [`libsrtp`]: a minimal binding to libsrtp 2, the reference SRTP
 //!   implementation, for interop tests and the SRTP benchmark.
+//! - [`bench_report`]: the date, machine, number formatting, statistics and
+//!   CPU pinning the benchmark binaries share.
 //! - [`clock`]: CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns`.
 //! - [`ng_peers`]: Kamailio, sipp, a second relayd and an NG client for the
 //!   NG protocol tests.
 
 pub mod bench_build;
+pub mod bench_report;
 pub mod bpffs;
 pub mod clock;
 pub mod frames;
@@ -38,6 +41,24 @@ pub fn unique_name(prefix: &str) -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     format!("{prefix}-{}-{n}", std::process::id())
+}
+
+/// The (c=, m=) endpoint of the first audio stream of an SDP (IPv4): where a
+/// test sends the media of a call the relay answered.
+pub fn sdp_media_endpoint(sdp: &str) -> std::net::SocketAddr {
+    let addr = sdp
+        .lines()
+        .find_map(|l| l.strip_prefix("c=IN IP4 "))
+        .expect("c= line")
+        .trim();
+    let port = sdp
+        .lines()
+        .find_map(|l| l.strip_prefix("m=audio "))
+        .and_then(|l| l.split_whitespace().next())
+        .expect("m= line");
+    format!("{addr}:{port}")
+        .parse()
+        .expect("c= and m= make an endpoint")
 }
 
 /// The pid in a name made by [`unique_name`] with this `prefix`, if it is one.

@@ -268,6 +268,19 @@ ports = "50000-{edge_max}"
             .context("running relayctl")
     }
 
+    /// Runs relayctl and returns its stdout; panics (for tests) with its
+    /// stderr and the relayd log when it fails.
+    pub fn relayctl_ok(&self, args: &[&str]) -> String {
+        let out = self.relayctl(args).expect("run relayctl");
+        assert!(
+            out.status.success(),
+            "relayctl {args:?} failed: {}\nrelayd log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.relayd_log()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// The relayctl command [`Self::relayctl`] runs, for callers that set an
     /// environment, a user or their own way of waiting.
     pub fn relayctl_command(&self, args: &[&str]) -> Result<Command> {

@@ -14,7 +14,7 @@ use std::{
 };
 
 use relay_common::DropReason;
-use relay_tests::topology::Topology;
+use relay_tests::{sdp_media_endpoint, topology::Topology};
 use relay_user::{
     control::{Client, Request},
     dataplane::{CountersView, RuleView, maps::FlowMaps},
@@ -26,21 +26,6 @@ fn sdp(addr: &str, port: u16, direction: &str) -> String {
          m=audio {port} RTP/AVP 0 8 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n\
          a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=ptime:20\r\na={direction}\r\n"
     )
-}
-
-/// The (c=, m=) endpoint of the first audio stream of an SDP.
-fn media_endpoint(sdp: &str) -> SocketAddr {
-    let addr = sdp
-        .lines()
-        .find_map(|l| l.strip_prefix("c=IN IP4 "))
-        .expect("c= line")
-        .trim();
-    let port = sdp
-        .lines()
-        .find_map(|l| l.strip_prefix("m=audio "))
-        .and_then(|l| l.split_whitespace().next())
-        .expect("m= line");
-    format!("{addr}:{port}").parse().unwrap()
 }
 
 fn rtp(ssrc: u32, seq: u32) -> Vec<u8> {
@@ -163,7 +148,7 @@ fn offer_answer_reoffer_hold_delete() {
         !to_callee.contains("192.0.2."),
         "inside address leaked:\n{to_callee}"
     );
-    let relay_out = media_endpoint(&to_callee);
+    let relay_out = sdp_media_endpoint(&to_callee);
     assert_eq!(relay_out.ip().to_string(), "198.51.100.1");
     assert!(rules(&t).is_empty(), "no rules before both ends are known");
     let to_caller = c.answer(
@@ -176,7 +161,7 @@ fn offer_answer_reoffer_hold_delete() {
         !to_caller.contains("198.51.100."),
         "outside address leaked:\n{to_caller}"
     );
-    let relay_in = media_endpoint(&to_caller);
+    let relay_in = sdp_media_endpoint(&to_caller);
     assert_eq!(relay_in.ip().to_string(), "192.0.2.1");
     assert!(
         to_caller.contains("a=rtpmap:101 telephone-event/8000"),
@@ -244,7 +229,7 @@ fn offer_answer_reoffer_hold_delete() {
         false,
     );
     assert_eq!(
-        media_endpoint(&offer_to_caller),
+        sdp_media_endpoint(&offer_to_caller),
         relay_in,
         "the caller's view does not change"
     );

@@ -72,17 +72,6 @@ fn rtp(seq: u16, ts: u32) -> Vec<u8> {
     p
 }
 
-fn relayctl_ok(t: &Topology, args: &[&str]) -> String {
-    let out = t.relayctl(args).expect("run relayctl");
-    assert!(
-        out.status.success(),
-        "relayctl {args:?} failed: {}\nrelayd log:\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        t.relayd_log()
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn rule_view(t: &Topology) -> RuleView {
     let v = t
         .call(&Request::Rule {
@@ -175,23 +164,20 @@ fn scenario(mode: &str) {
     }
     let mut t = Topology::new().expect("topology");
     t.start_relayd(mode).expect("relayd");
-    relayctl_ok(
-        &t,
-        &[
-            "rule",
-            "add",
-            "--local",
-            LOCAL,
-            "--peer",
-            "192.0.2.10:4000",
-            "--out-src",
-            "198.51.100.1:40000",
-            "--dst",
-            "198.51.100.10:5000",
-            "--clock-rate",
-            "8000",
-        ],
-    );
+    t.relayctl_ok(&[
+        "rule",
+        "add",
+        "--local",
+        LOCAL,
+        "--peer",
+        "192.0.2.10:4000",
+        "--out-src",
+        "198.51.100.1:40000",
+        "--dst",
+        "198.51.100.10:5000",
+        "--clock-rate",
+        "8000",
+    ]);
     assert_eq!(rule_view(&t).quality, None, "no RTP yet, no figures");
     // netem would also delay and drop the caller's ARP; a permanent entry
     // keeps neighbour resolution out of the figures.
@@ -369,7 +355,7 @@ fn scenario(mode: &str) {
     );
 
     // The table shows loss and jitter.
-    let table = relayctl_ok(&t, &["rules"]);
+    let table = t.relayctl_ok(&["rules"]);
     let header = table.lines().next().unwrap_or_default();
     assert!(
         header.contains("LOSS%") && header.contains("JITTER"),
@@ -389,7 +375,7 @@ fn scenario(mode: &str) {
     let q = rule_view(&t).quality.expect("figures stay");
     assert!(q.silent, "not flagged silent: {q:?}");
     let json: serde_json::Value =
-        serde_json::from_str(&relayctl_ok(&t, &["--json", "rules"])).unwrap();
+        serde_json::from_str(&t.relayctl_ok(&["--json", "rules"])).unwrap();
     assert_eq!(json[0]["quality"]["silent"], true, "{json:#}");
 
     // With relayd down, relayctl reads the kernel's figures from the pinned
@@ -397,7 +383,7 @@ fn scenario(mode: &str) {
     if mode == "xdp" {
         t.stop_relayd().expect("stop relayd");
         let json: serde_json::Value =
-            serde_json::from_str(&relayctl_ok(&t, &["--json", "rules"])).unwrap();
+            serde_json::from_str(&t.relayctl_ok(&["--json", "rules"])).unwrap();
         assert_eq!(json[0]["quality"]["received"], delivered, "{json:#}");
         assert_eq!(json[0]["quality"]["measured_by"], "xdp", "{json:#}");
     }

@@ -24,17 +24,6 @@ fn rtp(ssrc: u32, seq: u16, marker: u8) -> Vec<u8> {
     p
 }
 
-fn relayctl_ok(t: &Topology, args: &[&str]) -> String {
-    let out = t.relayctl(args).expect("run relayctl");
-    assert!(
-        out.status.success(),
-        "relayctl {args:?} failed: {}\nrelayd log:\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        t.relayd_log()
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn rules(t: &Topology) -> Vec<RuleView> {
     serde_json::from_value(t.call(&Request::Rules).unwrap()).unwrap()
 }
@@ -92,52 +81,43 @@ fn scenario(mode: &str) {
     t.start_relayd(mode).expect("relayd");
 
     // A call's two directions, strict on the declared peers.
-    relayctl_ok(
-        &t,
-        &[
-            "rule",
-            "add",
-            "--local",
-            "192.0.2.1:30000",
-            "--peer",
-            "192.0.2.10:4000",
-            "--out-src",
-            "198.51.100.1:40000",
-            "--dst",
-            "198.51.100.10:5000",
-        ],
-    );
-    relayctl_ok(
-        &t,
-        &[
-            "rule",
-            "add",
-            "--local",
-            "198.51.100.1:40000",
-            "--peer",
-            "198.51.100.10:5000",
-            "--out-src",
-            "192.0.2.1:30000",
-            "--dst",
-            "192.0.2.10:4000",
-        ],
-    );
+    t.relayctl_ok(&[
+        "rule",
+        "add",
+        "--local",
+        "192.0.2.1:30000",
+        "--peer",
+        "192.0.2.10:4000",
+        "--out-src",
+        "198.51.100.1:40000",
+        "--dst",
+        "198.51.100.10:5000",
+    ]);
+    t.relayctl_ok(&[
+        "rule",
+        "add",
+        "--local",
+        "198.51.100.1:40000",
+        "--peer",
+        "198.51.100.10:5000",
+        "--out-src",
+        "192.0.2.1:30000",
+        "--dst",
+        "192.0.2.10:4000",
+    ]);
     // A latching rule: the caller's port is not known in advance.
-    relayctl_ok(
-        &t,
-        &[
-            "rule",
-            "add",
-            "--local",
-            "192.0.2.1:30002",
-            "--policy",
-            "latch",
-            "--out-src",
-            "198.51.100.1:40002",
-            "--dst",
-            "198.51.100.10:5002",
-        ],
-    );
+    t.relayctl_ok(&[
+        "rule",
+        "add",
+        "--local",
+        "192.0.2.1:30002",
+        "--policy",
+        "latch",
+        "--out-src",
+        "198.51.100.1:40002",
+        "--dst",
+        "198.51.100.10:5002",
+    ]);
 
     let caller = Topology::socket(&t.caller, "192.0.2.10:4000").unwrap();
     let callee = Topology::socket(&t.callee, "198.51.100.10:5000").unwrap();
@@ -248,17 +228,17 @@ fn scenario(mode: &str) {
     }
 
     // relayctl shows the rules and counters an operator reads.
-    let table = relayctl_ok(&t, &["rules"]);
+    let table = t.relayctl_ok(&["rules"]);
     assert!(
         table.contains("192.0.2.1:30000") && table.contains("192.0.2.10:4100*"),
         "{table}"
     );
     let json: serde_json::Value =
-        serde_json::from_str(&relayctl_ok(&t, &["--json", "counters"])).unwrap();
+        serde_json::from_str(&t.relayctl_ok(&["--json", "counters"])).unwrap();
     assert!(json["userspace"].is_object());
     // The path each flow's packets take follows the data-plane mode.
     let flows: serde_json::Value =
-        serde_json::from_str(&relayctl_ok(&t, &["--json", "flows", "--interval", "0"])).unwrap();
+        serde_json::from_str(&t.relayctl_ok(&["--json", "flows", "--interval", "0"])).unwrap();
     let want = if mode == "xdp" { "xdp" } else { "userspace" };
     for f in flows["flows"].as_array().unwrap() {
         assert_eq!(f["path"], want, "{f:#}");
@@ -268,7 +248,7 @@ fn scenario(mode: &str) {
     // bound in the forwarder's pool, where a packet finds no rule and is
     // counted as such (in userspace mode; XDP drops it before).
     for local in ["192.0.2.1:30000", "198.51.100.1:40000", "192.0.2.1:30002"] {
-        relayctl_ok(&t, &["rule", "del", local]);
+        t.relayctl_ok(&["rule", "del", local]);
     }
     let no_flow = |c: &CountersView| {
         let map = if mode == "xdp" { &c.xdp } else { &c.userspace };
@@ -321,21 +301,18 @@ fn pinned_rules_survive_restart() {
     }
     let mut t = Topology::new().expect("topology");
     t.start_relayd("xdp").expect("relayd");
-    relayctl_ok(
-        &t,
-        &[
-            "rule",
-            "add",
-            "--local",
-            "192.0.2.1:30010",
-            "--peer",
-            "192.0.2.10:4010",
-            "--out-src",
-            "198.51.100.1:40010",
-            "--dst",
-            "198.51.100.10:5010",
-        ],
-    );
+    t.relayctl_ok(&[
+        "rule",
+        "add",
+        "--local",
+        "192.0.2.1:30010",
+        "--peer",
+        "192.0.2.10:4010",
+        "--out-src",
+        "198.51.100.1:40010",
+        "--dst",
+        "198.51.100.10:5010",
+    ]);
     assert!(t.stop_relayd().unwrap().success());
 
     let out = t.relayctl(&["--json", "rules"]).unwrap();
@@ -372,21 +349,18 @@ fn full_fast_path_falls_back_to_userspace() {
     let mut t = Topology::new().expect("topology");
     t.start_relayd_with("xdp", 2).expect("relayd");
     for i in 0..3u16 {
-        relayctl_ok(
-            &t,
-            &[
-                "rule",
-                "add",
-                "--local",
-                &format!("192.0.2.1:{}", 30020 + 2 * i),
-                "--peer",
-                &format!("192.0.2.10:{}", 4020 + 2 * i),
-                "--out-src",
-                &format!("198.51.100.1:{}", 40020 + 2 * i),
-                "--dst",
-                &format!("198.51.100.10:{}", 5020 + 2 * i),
-            ],
-        );
+        t.relayctl_ok(&[
+            "rule",
+            "add",
+            "--local",
+            &format!("192.0.2.1:{}", 30020 + 2 * i),
+            "--peer",
+            &format!("192.0.2.10:{}", 4020 + 2 * i),
+            "--out-src",
+            &format!("198.51.100.1:{}", 40020 + 2 * i),
+            "--dst",
+            &format!("198.51.100.10:{}", 5020 + 2 * i),
+        ]);
     }
     let c = counters(&t);
     let user = c.userspace.as_ref().unwrap();
@@ -409,7 +383,7 @@ fn full_fast_path_falls_back_to_userspace() {
     assert_eq!(fallback.xdp.as_ref().unwrap().packets, 0);
     // relayctl says which rule the forwarder carries, and has no kernel entry for it.
     let flows: serde_json::Value =
-        serde_json::from_str(&relayctl_ok(&t, &["--json", "flows", "--interval", "0"])).unwrap();
+        serde_json::from_str(&t.relayctl_ok(&["--json", "flows", "--interval", "0"])).unwrap();
     for f in flows["flows"].as_array().unwrap() {
         let carried = f["rule"]["local"] == "192.0.2.1:30024";
         assert_eq!(
@@ -419,10 +393,10 @@ fn full_fast_path_falls_back_to_userspace() {
         );
     }
     let detail: serde_json::Value =
-        serde_json::from_str(&relayctl_ok(&t, &["--json", "flow", "192.0.2.1:30024"])).unwrap();
+        serde_json::from_str(&t.relayctl_ok(&["--json", "flow", "192.0.2.1:30024"])).unwrap();
     assert!(detail["kernel"].is_null(), "{detail:#}");
     // Removing the fallback rule makes its port unsolicited again.
-    relayctl_ok(&t, &["rule", "del", "192.0.2.1:30024"]);
+    t.relayctl_ok(&["rule", "del", "192.0.2.1:30024"]);
     let before = counters(&t).drops(DropReason::NoFlow);
     let tx = Topology::socket(&t.caller, "192.0.2.10:4024").unwrap();
     tx.send_to(&rtp(1, 1, 1), "192.0.2.1:30024").unwrap();

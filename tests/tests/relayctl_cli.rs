@@ -13,7 +13,10 @@ use std::{
     time::Duration,
 };
 
-use relay_tests::topology::{RelaydOpts, Topology};
+use relay_tests::{
+    sdp_media_endpoint,
+    topology::{RelaydOpts, Topology},
+};
 use relay_user::control::{Client, Request, flows::FlowRef};
 use serde_json::Value;
 
@@ -63,21 +66,10 @@ fn raw_call(t: &Topology, request: &Request, def: &str) -> Value {
     v["result"].clone()
 }
 
-fn relayctl_ok(t: &Topology, args: &[&str]) -> String {
-    let out = t.relayctl(args).expect("run relayctl");
-    assert!(
-        out.status.success(),
-        "relayctl {args:?} failed: {}\nrelayd log:\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        t.relayd_log()
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn relayctl_json(t: &Topology, args: &[&str], def: &str) -> Value {
     let mut all = vec!["--json"];
     all.extend_from_slice(args);
-    let v: Value = serde_json::from_str(&relayctl_ok(t, &all)).expect("relayctl --json");
+    let v: Value = serde_json::from_str(&t.relayctl_ok(&all)).expect("relayctl --json");
     assert_valid(def, &v);
     v
 }
@@ -99,20 +91,6 @@ fn sdp(addr: &str, port: u16) -> String {
         "v=0\r\no=pbx 1 1 IN IP4 {addr}\r\ns=call\r\nc=IN IP4 {addr}\r\nt=0 0\r\n\
          m=audio {port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n"
     )
-}
-
-fn media_endpoint(sdp: &str) -> SocketAddr {
-    let addr = sdp
-        .lines()
-        .find_map(|l| l.strip_prefix("c=IN IP4 "))
-        .expect("c= line")
-        .trim();
-    let port = sdp
-        .lines()
-        .find_map(|l| l.strip_prefix("m=audio "))
-        .and_then(|l| l.split_whitespace().next())
-        .expect("m= line");
-    format!("{addr}:{port}").parse().unwrap()
 }
 
 fn rtp(ssrc: u32, seq: u32) -> Vec<u8> {
@@ -243,23 +221,20 @@ fn relayctl_and_metrics_on_a_running_relayd() {
             policy: None,
         })
         .unwrap();
-    let relay_in = media_endpoint(to_caller["sdp"].as_str().unwrap());
-    let relay_out = media_endpoint(to_callee["sdp"].as_str().unwrap());
-    relayctl_ok(
-        &t,
-        &[
-            "rule",
-            "add",
-            "--local",
-            "192.0.2.1:30900",
-            "--peer",
-            "192.0.2.10:4900",
-            "--out-src",
-            "198.51.100.1:40900",
-            "--dst",
-            "198.51.100.10:5900",
-        ],
-    );
+    let relay_in = sdp_media_endpoint(to_caller["sdp"].as_str().unwrap());
+    let relay_out = sdp_media_endpoint(to_callee["sdp"].as_str().unwrap());
+    t.relayctl_ok(&[
+        "rule",
+        "add",
+        "--local",
+        "192.0.2.1:30900",
+        "--peer",
+        "192.0.2.10:4900",
+        "--out-src",
+        "198.51.100.1:40900",
+        "--dst",
+        "198.51.100.10:5900",
+    ]);
     let caller = Topology::socket(&t.caller, "192.0.2.10:4000").unwrap();
     let callee = Topology::socket(&t.callee, "198.51.100.10:5000").unwrap();
     exchange(&caller, relay_in, &callee, PACKETS, 0);
@@ -305,7 +280,7 @@ fn relayctl_and_metrics_on_a_running_relayd() {
 
     // The flows table: header and column order, the call's row with the
     // values that vary masked.
-    let table = relayctl_ok(&t, &["flows", "--interval", "0", "--sort", "call"]);
+    let table = t.relayctl_ok(&["flows", "--interval", "0", "--sort", "call"]);
     let lines: Vec<&str> = table.lines().collect();
     assert_eq!(cells(lines[0]), FLOWS_HEADER, "{table}");
     assert_eq!(lines.len(), 6, "{table}");
@@ -371,9 +346,9 @@ fn relayctl_and_metrics_on_a_running_relayd() {
         "{narrow}"
     );
     // Filters.
-    let only_drops = relayctl_ok(&t, &["flows", "--interval", "0", "--drops"]);
+    let only_drops = t.relayctl_ok(&["flows", "--interval", "0", "--drops"]);
     assert_eq!(only_drops.lines().count(), 2, "{only_drops}");
-    let static_only = relayctl_ok(&t, &["flows", "--interval", "0", "--call", "static"]);
+    let static_only = t.relayctl_ok(&["flows", "--interval", "0", "--call", "static"]);
     assert!(static_only.contains("192.0.2.1:30900"), "{static_only}");
     assert_eq!(static_only.lines().count(), 2, "{static_only}");
 
@@ -411,13 +386,13 @@ fn relayctl_and_metrics_on_a_running_relayd() {
         .sum();
     assert_eq!(per_cpu, detail["flow"]["xdp"]["packets"].as_u64().unwrap());
     assert_eq!(detail["kernel"]["rule"]["id"].as_u64(), Some(id));
-    let text = relayctl_ok(&t, &["flow", &id.to_string()]);
+    let text = t.relayctl_ok(&["flow", &id.to_string()]);
     for want in ["call             call-1", "FLOWS key", "FLOW_STATE", "cpu0"] {
         assert!(text.contains(want), "{want:?} in:\n{text}");
     }
 
     // drops: the table and its JSON.
-    let drops = relayctl_ok(&t, &["drops", "--interval", "0.2"]);
+    let drops = t.relayctl_ok(&["drops", "--interval", "0.2"]);
     assert_eq!(
         cells(drops.lines().next().unwrap()),
         ["REASON", "XDP", "USERSPACE", "TOTAL", "PER_S", "MEANING"],
@@ -433,7 +408,7 @@ fn relayctl_and_metrics_on_a_running_relayd() {
     relayctl_json(&t, &["calls"], "call_views");
 
     // watch, not on a terminal: a bounded number of frames, then exit 0.
-    let frames = relayctl_ok(&t, &["watch", "--interval", "0.2", "--count", "2"]);
+    let frames = t.relayctl_ok(&["watch", "--interval", "0.2", "--count", "2"]);
     assert_eq!(frames.matches("relayctl watch").count(), 2, "{frames}");
     assert!(frames.contains("RELAY"), "{frames}");
     assert!(
@@ -640,7 +615,7 @@ options_interval_s = 30
     let reply = String::from_utf8_lossy(&buf[..n]);
     assert!(reply.starts_with("SIP/2.0 200"), "{reply}");
 
-    let table = relayctl_ok(&t, &["trunks"]);
+    let table = t.relayctl_ok(&["trunks"]);
     let row = |name: &str| {
         table
             .lines()

@@ -17,6 +17,7 @@ use std::{
 
 use relay_tests::{
     libsrtp::{LibSrtp, MAX_TRAILER},
+    sdp_media_endpoint,
     topology::Topology,
 };
 use relay_user::{
@@ -37,21 +38,6 @@ fn sdp(addr: &str, port: u16, proto: &str, crypto: &[String]) -> String {
         s.push_str(&format!("a=crypto:{c}\r\n"));
     }
     s
-}
-
-/// The (c=, m=) endpoint of the first audio stream of an SDP.
-fn media_endpoint(sdp: &str) -> SocketAddr {
-    let addr = sdp
-        .lines()
-        .find_map(|l| l.strip_prefix("c=IN IP4 "))
-        .expect("c= line")
-        .trim();
-    let port = sdp
-        .lines()
-        .find_map(|l| l.strip_prefix("m=audio "))
-        .and_then(|l| l.split_whitespace().next())
-        .expect("m= line");
-    format!("{addr}:{port}").parse().unwrap()
 }
 
 fn crypto_lines(sdp: &str) -> Vec<CryptoAttribute> {
@@ -188,8 +174,8 @@ fn transcrypt(mode: &str) {
     let to_caller = v["sdp"].as_str().unwrap().to_string();
     assert!(to_caller.contains(" RTP/AVP 0 101\r\n"), "{to_caller}");
     assert!(!to_caller.contains("a=crypto"), "{to_caller}");
-    let relay_out = media_endpoint(&to_callee);
-    let relay_in = media_endpoint(&to_caller);
+    let relay_out = sdp_media_endpoint(&to_callee);
+    let relay_in = sdp_media_endpoint(&to_caller);
 
     // libsrtp on the callee: it unprotects with the relay's key and
     // protects with its own.
@@ -399,8 +385,8 @@ fn passthrough_authenticated_latching_then_xdp() {
         },
     );
     let to_caller = v["sdp"].as_str().unwrap().to_string();
-    let relay_in = media_endpoint(&to_caller);
-    let relay_out = media_endpoint(&to_callee);
+    let relay_in = sdp_media_endpoint(&to_caller);
+    let relay_out = sdp_media_endpoint(&to_callee);
     let up = rule_view(&t, relay_in);
     assert_eq!(up["rule"]["path"], "forward", "{up:#}");
     assert_eq!(up["rule"]["srtp"], "passthrough", "{up:#}");
