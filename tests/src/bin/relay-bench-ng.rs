@@ -26,11 +26,15 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
-use relay_tests::{netns::NetNs, unique_name};
+use relay_tests::{
+    bench_report::{cpu_model, kernel_release, median, pin_current_thread, thousands, utc_minute},
+    netns::NetNs,
+    unique_name,
+};
 use relay_user::ng::bencode::{self, Value};
 
 const USAGE: &str = "usage: relay-bench-ng [--json] [--calls N]\n\
@@ -145,7 +149,7 @@ fn run(json: bool, calls: u64) -> Result<()> {
     }
     let relayd = relay_tests::bench_build::relayd_binary()?;
     reap_stale();
-    pin(CLIENT_CPU)?;
+    pin_current_thread(CLIENT_CPU)?;
     renice()?;
 
     let net = Net::new()?;
@@ -406,13 +410,6 @@ fn renice() -> std::io::Result<()> {
     Ok(())
 }
 
-fn pin(cpu: usize) -> Result<()> {
-    let mut set = nix::sched::CpuSet::new();
-    set.set(cpu)?;
-    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)?;
-    Ok(())
-}
-
 /// A client socket in the namespace.
 fn socket(ns: &NetNs) -> Result<UdpSocket> {
     let s = ns.run(|| UdpSocket::bind("127.0.0.1:0"))??;
@@ -604,21 +601,9 @@ struct Report {
     cpu: String,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
-}
-
 impl Report {
     fn new(rounds: Vec<Round>, calls: u64) -> Self {
-        let secs = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let date = Command::new("date")
-            .args(["-u", "-d", &format!("@{secs}"), "+%Y-%m-%d %H:%M UTC"])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-            .unwrap_or_default();
+        let date = utc_minute();
         let rtpengine_version = Command::new("/usr/bin/rtpengine")
             .arg("--version")
             .output()
@@ -634,17 +619,8 @@ impl Report {
                     .to_string()
             })
             .unwrap_or_default();
-        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .unwrap_or_default()
-            .trim()
-            .to_string();
-        let cpu = std::fs::read_to_string("/proc/cpuinfo")
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| l.strip_prefix("model name"))
-            .and_then(|l| l.split_once(':'))
-            .map(|(_, m)| m.trim().to_string())
-            .unwrap_or_default();
+        let kernel = kernel_release();
+        let cpu = cpu_model();
         Self {
             rounds,
             calls,
@@ -660,11 +636,11 @@ impl Report {
     }
 
     fn median_rate(&self, s: Server) -> f64 {
-        median(self.of(s).map(Round::rate).collect())
+        median(&self.of(s).map(Round::rate).collect::<Vec<_>>())
     }
 
     fn median_per_core(&self, s: Server) -> f64 {
-        median(self.of(s).map(Round::per_core).collect())
+        median(&self.of(s).map(Round::per_core).collect::<Vec<_>>())
     }
 
     fn best_rate(&self, s: Server) -> f64 {
@@ -830,17 +806,4 @@ impl Report {
         })
         .to_string()
     }
-}
-
-fn thousands(x: f64) -> String {
-    let n = x.round() as u64;
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }

@@ -30,11 +30,14 @@ use std::{
     hint::black_box,
     path::Path,
     process::{Command, ExitCode},
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
-use relay_tests::libsrtp::{self, LibSrtp};
+use relay_tests::{
+    bench_report::{cpu_model, kernel_release, median, pin_current_thread, thousands, utc_minute},
+    libsrtp::{self, LibSrtp},
+};
 use relay_user::srtp::{Context, Direction, MasterKey, Suite};
 
 const USAGE: &str = "usage: relay-bench-srtp [--json] [--ops N]\n\
@@ -136,7 +139,7 @@ impl Sample {
 }
 
 fn run(json: bool, ops: u64) -> Result<()> {
-    pin(CPU)?;
+    pin_current_thread(CPU)?;
     // SAFETY: setpriority has no memory-safety preconditions. Without root
     // it fails; the benchmark still runs, only less shielded from other work.
     if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, NICE) } != 0 {
@@ -317,18 +320,6 @@ fn measure(key: &MasterKey, packets: &[Vec<u8>], op: Op, imp: Impl, ops: u64) ->
     })
 }
 
-fn pin(cpu: usize) -> Result<()> {
-    let mut set = nix::sched::CpuSet::new();
-    set.set(cpu)?;
-    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)?;
-    Ok(())
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
-}
-
 struct Report {
     samples: Vec<Sample>,
     ops: u64,
@@ -360,25 +351,9 @@ impl Row {
 
 impl Report {
     fn new(samples: Vec<Sample>, ops: u64) -> Self {
-        let secs = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let date = Command::new("date")
-            .args(["-u", "-d", &format!("@{secs}"), "+%Y-%m-%d %H:%M UTC"])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-            .unwrap_or_default();
-        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .unwrap_or_default()
-            .trim()
-            .to_string();
-        let cpu = std::fs::read_to_string("/proc/cpuinfo")
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| l.strip_prefix("model name"))
-            .and_then(|l| l.split_once(':'))
-            .map(|(_, m)| m.trim().to_string())
-            .unwrap_or_default();
+        let date = utc_minute();
+        let kernel = kernel_release();
+        let cpu = cpu_model();
         let libsrtp = Command::new("dpkg-query")
             .args(["-W", "-f", "${Version}", "libsrtp2-1"])
             .output()
@@ -412,8 +387,8 @@ impl Report {
                     op,
                     relay_best: best(&r),
                     libsrtp_best: best(&l),
-                    relay_median: median(r),
-                    libsrtp_median: median(l),
+                    relay_median: median(&r),
+                    libsrtp_median: median(&l),
                 });
             }
         }
@@ -556,17 +531,4 @@ impl Report {
         })
         .to_string()
     }
-}
-
-fn thousands(x: f64) -> String {
-    let n = x.round() as u64;
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
