@@ -10,7 +10,10 @@ use tracing::{info, warn};
 use crate::{
     config::MediaConfig,
     dataplane::{Dataplane, monotonic_ns},
-    media::{Answer, CallView, MediaCore, MediaError, Offer, RuleChange},
+    media::{
+        Answer, CallView, MediaCore, MediaError, Offer, RuleChange,
+        mos::{MosHistory, SAMPLE_INTERVAL_NS},
+    },
     rule::Rule,
 };
 
@@ -27,6 +30,10 @@ pub struct Relay {
     /// Packets and bytes of rules removed since start, so the metrics'
     /// per-path totals (live rules plus these) never go down.
     pub retired: Retired,
+    /// MOS samples per rule (NG query/delete replies), and when the last
+    /// round of sampling ran.
+    pub mos: HashMap<SocketAddr, MosHistory>,
+    mos_sampled_ns: u64,
 }
 
 /// Figures of removed rules, per path.
@@ -72,6 +79,8 @@ impl Relay {
             sip: None,
             installed_ns,
             retired: Retired::default(),
+            mos: HashMap::new(),
+            mos_sampled_ns: now,
         })
     }
 
@@ -141,6 +150,31 @@ impl Relay {
         ids
     }
 
+    /// Takes a MOS sample of every rule that received RTP, once per
+    /// [`SAMPLE_INTERVAL_NS`] (called more often than that).
+    pub fn sample_quality(&mut self) {
+        let now = monotonic_ns();
+        if now.saturating_sub(self.mos_sampled_ns) < SAMPLE_INTERVAL_NS {
+            return;
+        }
+        self.mos_sampled_ns = now;
+        let unix_s = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.take_mos_samples(unix_s);
+    }
+
+    /// One MOS sample of every rule that received RTP since its last one,
+    /// stamped `unix_s`.
+    pub fn take_mos_samples(&mut self, unix_s: u64) {
+        let locals: Vec<SocketAddr> = self.dp.rules().map(|r| r.local).collect();
+        for local in locals {
+            if let Some(q) = self.dp.quality(local) {
+                self.mos.entry(local).or_default().sample(&q, unix_s);
+            }
+        }
+    }
+
     /// Notes when `local` got its first rule (a replacement keeps the age).
     fn installed(&mut self, local: SocketAddr) {
         self.installed_ns.entry(local).or_insert_with(monotonic_ns);
@@ -150,6 +184,7 @@ impl Relay {
     /// retired totals.
     fn retire(&mut self, local: SocketAddr) {
         self.installed_ns.remove(&local);
+        self.mos.remove(&local);
         if let Some(v) = self.dp.view(local) {
             if let Some(x) = &v.xdp {
                 self.retired.xdp_packets += x.packets;

@@ -155,7 +155,9 @@ pub struct Kamailio {
 
 /// What Kamailio logs per call, with `NG*` prefixes the tests look for:
 /// `NGNODE <call-id> <node>` after the offer, `NGSTAT <call-id> <$rtpstat>`
-/// and `NGQUERY <call-id> <rtpengine_query_v JSON>` on BYE.
+/// and `NGQUERY <call-id> <rtpengine_query_v JSON>` on BYE, and after the
+/// delete `NGMOS <call-id>` with the MOS figures the rtpengine module parsed
+/// from the reply (see [`MosLog`]).
 pub fn kamailio_config(listen: &[&str], nodes: &[&str]) -> String {
     let listen: String = listen
         .iter()
@@ -192,6 +194,16 @@ modparam("rtpengine", "rtp_inst_pvar", "$avp(rtp_inst)")
 # A node that misses a reply is skipped for this long (default 60 s).
 modparam("rtpengine", "rtpengine_disable_tout", 20)
 modparam("rtpengine", "rtpengine_tout_ms", 1000)
+# MOS figures of query/delete replies, overall and per label (caller/callee).
+modparam("rtpengine", "mos_average_pv", "$avp(mos_avg)")
+modparam("rtpengine", "mos_average_samples_pv", "$avp(mos_samples)")
+modparam("rtpengine", "mos_average_packetloss_pv", "$avp(mos_loss)")
+modparam("rtpengine", "mos_min_pv", "$avp(mos_min)")
+modparam("rtpengine", "mos_max_pv", "$avp(mos_max)")
+modparam("rtpengine", "mos_A_label_pv", "$avp(mos_A_label)")
+modparam("rtpengine", "mos_average_A_pv", "$avp(mos_A)")
+modparam("rtpengine", "mos_B_label_pv", "$avp(mos_B_label)")
+modparam("rtpengine", "mos_average_B_pv", "$avp(mos_B)")
 
 request_route {{
     if (!mf_process_maxfwd_header("10")) {{
@@ -211,7 +223,10 @@ request_route {{
                 xlog("L_NOTICE", "NGSTAT $ci $rtpstat\n");
                 rtpengine_query_v("j", "$var(q)");
                 xlog("L_NOTICE", "NGQUERY $ci $var(q)\n");
+                $avp(mos_A_label) = "caller";
+                $avp(mos_B_label) = "callee";
                 rtpengine_delete();
+                xlog("L_NOTICE", "NGMOS $ci $avp(mos_avg) $avp(mos_samples) $avp(mos_loss) $avp(mos_min) $avp(mos_max) $avp(mos_A) $avp(mos_B)\n");
             }} else if (has_body("application/sdp")) {{
                 rtpengine_manage("replace-origin replace-session-connection trust-address");
             }}
@@ -306,6 +321,38 @@ pub struct CallLog {
     pub rtpstat: Option<(u64, u64)>,
     /// `rtpengine_query_v("j")` at BYE.
     pub query: Option<serde_json::Value>,
+    pub mos: Option<MosLog>,
+}
+
+/// The MOS figures Kamailio's rtpengine module read from a delete reply
+/// (`mos_*_pv`); None where it set nothing (xlog prints `<null>`).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct MosLog {
+    pub average: Option<f64>,
+    pub samples: Option<u32>,
+    pub loss_pct: Option<u32>,
+    pub lowest: Option<f64>,
+    pub highest: Option<f64>,
+    /// Average over the streams of the tag labelled `caller` / `callee`.
+    pub caller: Option<f64>,
+    pub callee: Option<f64>,
+}
+
+impl MosLog {
+    fn parse(s: &str) -> Self {
+        let w: Vec<&str> = s.split_whitespace().collect();
+        let f = |i: usize| w.get(i).and_then(|v| v.parse().ok());
+        let n = |i: usize| w.get(i).and_then(|v| v.parse().ok());
+        Self {
+            average: f(0),
+            samples: n(1),
+            loss_pct: n(2),
+            lowest: f(3),
+            highest: f(4),
+            caller: f(5),
+            callee: f(6),
+        }
+    }
 }
 
 /// Reads the `NG*` lines of Kamailio's log (from byte `from` on) by call-id.
@@ -313,7 +360,12 @@ pub fn calls_in_log(log: &str, from: usize) -> std::collections::BTreeMap<String
     let mut out: std::collections::BTreeMap<String, CallLog> = Default::default();
     let tail = log.get(from..).unwrap_or("");
     for line in tail.lines() {
-        for (tag, what) in [("NGNODE ", 0), ("NGSTAT ", 1), ("NGQUERY ", 2)] {
+        for (tag, what) in [
+            ("NGNODE ", 0),
+            ("NGSTAT ", 1),
+            ("NGQUERY ", 2),
+            ("NGMOS ", 3),
+        ] {
             let Some(rest) = line.split_once(tag).map(|(_, r)| r) else {
                 continue;
             };
@@ -324,7 +376,8 @@ pub fn calls_in_log(log: &str, from: usize) -> std::collections::BTreeMap<String
             match what {
                 0 => entry.node = Some(value.trim().to_string()),
                 1 => entry.rtpstat = parse_rtpstat(value),
-                _ => entry.query = serde_json::from_str(value.trim()).ok(),
+                2 => entry.query = serde_json::from_str(value.trim()).ok(),
+                _ => entry.mos = Some(MosLog::parse(value)),
             }
         }
     }

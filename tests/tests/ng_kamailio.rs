@@ -93,6 +93,24 @@ fn assert_media(calls: &BTreeMap<String, CallLog>, kernel: bool, log: &str) {
             .as_ref()
             .unwrap_or_else(|| panic!("{id}: no rtpengine_query_v JSON\n{log}"));
         assert_eq!(query["result"], "ok", "{id}: {query}");
+        // Kamailio read the delete reply's MOS figures: overall and per
+        // label. Clean media on the namespace links scores 4.4.
+        let mos = call
+            .mos
+            .as_ref()
+            .unwrap_or_else(|| panic!("{id}: no NGMOS line\n{log}"));
+        for (what, v) in [
+            ("average", mos.average),
+            ("lowest", mos.lowest),
+            ("highest", mos.highest),
+            ("caller", mos.caller),
+            ("callee", mos.callee),
+        ] {
+            let v = v.unwrap_or_else(|| panic!("{id}: no {what} MOS: {mos:?}"));
+            assert!((4.0..=4.5).contains(&v), "{id}: {what} MOS {v}: {mos:?}");
+        }
+        assert!(mos.samples.is_some_and(|n| n >= 1), "{id}: {mos:?}");
+        assert_eq!(mos.loss_pct, Some(0), "{id}: {mos:?}");
         let per_tag = rtp_packets_per_tag(query);
         assert_eq!(per_tag.len(), 2, "{id}: two tags: {query}");
         for (tag, packets, kernelized) in per_tag {

@@ -135,7 +135,11 @@ async fn run(config: Config, interfaces: Vec<relay_user::config::Interface>) -> 
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
         loop {
             tick.tick().await;
-            let ended = expiry.lock().unwrap_or_else(|p| p.into_inner()).expire();
+            let ended = {
+                let mut relay = expiry.lock().unwrap_or_else(|p| p.into_inner());
+                relay.sample_quality();
+                relay.expire()
+            };
             for id in ended {
                 let _ = ended_tx.send(id);
             }

@@ -249,6 +249,17 @@ impl Dataplane {
             .map(|r| self.view_of(r, monotonic_ns()))
     }
 
+    /// The RTP quality of `local`'s rule alone, without its counters: what
+    /// the periodic MOS sampling reads for every rule.
+    pub fn quality(&self, local: SocketAddr) -> Option<QualityView> {
+        let rule = self.rules.get(&local)?;
+        let kstate = self.kernel.as_ref().and_then(|k| k.maps.state(&rule.key()));
+        let ustate = self.forwarder.state(local);
+        RuleView::new(rule.clone(), None, None, None, 0)
+            .with_quality(kstate.as_ref(), ustate.as_ref())
+            .quality
+    }
+
     fn view_of(&self, rule: &Rule, now: u64) -> RuleView {
         let key = rule.key();
         let (xdp, kstate) = match &self.kernel {

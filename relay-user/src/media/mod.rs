@@ -4,6 +4,7 @@
 
 pub mod call;
 pub mod core;
+pub mod mos;
 pub mod ports;
 pub mod srtp;
 

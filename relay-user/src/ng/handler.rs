@@ -24,7 +24,10 @@ use crate::{
     config::DataplaneMode,
     dataplane::{RuleView, monotonic_ns},
     media::{
-        Answer, MediaError, Offer, SrtpOptions, SrtpPolicy, ports::PortError, srtp as media_srtp,
+        Answer, MediaError, Offer, SrtpOptions, SrtpPolicy,
+        mos::{MosHistory, MosSample},
+        ports::PortError,
+        srtp as media_srtp,
     },
     relay::{Relay, RelayError},
     rule::{Path, Policy},
@@ -631,6 +634,7 @@ impl Ng {
         let kernel = relay.dp.mode() == DataplaneMode::Xdp;
         let mut totals = Totals::default();
         let mut tags = Vec::new();
+        let mut ssrcs = Vec::new();
         for (i, leg) in call.legs.iter().enumerate() {
             let tag = leg.tag.clone().unwrap_or_default();
             let other = call.legs[1 - i].tag.clone().unwrap_or_default();
@@ -649,6 +653,11 @@ impl Ng {
                         totals.rtcp.add(figures);
                     } else {
                         totals.rtp.add(figures);
+                        let quality = view.as_ref().and_then(|v| v.quality.as_ref());
+                        let mos = relay.mos.get(&local).cloned().unwrap_or_default();
+                        if let (Some(q), Some(h)) = (quality, mos.report(quality, clock.unix_s)) {
+                            ssrcs.push((q.ssrc.to_string().into_bytes(), ssrc_value(q, &h)));
+                        }
                     }
                     streams.push(stream_value(
                         rtcp,
@@ -686,6 +695,7 @@ impl Ng {
         let dict = Dict::new()
             .with("created", Value::int(clock.unix_of(call.created_ns)))
             .with("last signal", Value::int(clock.unix_of(call.touched_ns)))
+            .with("SSRC", Value::Dict(ssrcs))
             .with("tags", Value::Dict(tags))
             .with(
                 "totals",
@@ -740,13 +750,49 @@ fn stream_value(
                 Value::int(clock.unix_s.saturating_sub(ms / 1000)),
             );
         }
-        if let Some(ssrc) = v.latched_ssrc {
+        // The SSRC this stream receives: Kamailio matches it against the
+        // top-level "SSRC" figures to report MOS per label.
+        if let Some(ssrc) = v.latched_ssrc.or(v.quality.as_ref().map(|q| q.ssrc)) {
             d.set("SSRC", Value::int(ssrc));
         }
     }
     d.set("flags", Value::list_of_str(flags));
     d.set("stats", figures.to_value());
     d.into()
+}
+
+/// One entry of the reply's "SSRC" dictionary, in rtpengine's shape (which
+/// Kamailio's rtpengine module parses into its `mos_*_pv` variables):
+/// cumulative loss and the average, lowest and highest MOS sample. No
+/// "round-trip time": the relay does not measure it (see media::mos).
+fn ssrc_value(q: &crate::dataplane::QualityView, h: &MosHistory) -> Value {
+    let sample = |s: &MosSample| {
+        Dict::new()
+            .with("MOS", Value::int(s.mos_x10))
+            .with("packet loss", Value::int(s.loss_pct))
+            .with("jitter", Value::int(s.jitter_ms))
+            .with("reported at", Value::int(s.at_unix))
+            .into_value()
+    };
+    let mut d = Dict::new().with("cumulative loss", Value::int(q.lost.max(0)));
+    if let Some(a) = h.average() {
+        d.set(
+            "average MOS",
+            Dict::new()
+                .with("MOS", Value::int(a.mos_x10))
+                .with("packet loss", Value::int(a.loss_pct))
+                .with("jitter", Value::int(a.jitter_ms))
+                .with("samples", Value::int(a.samples))
+                .into_value(),
+        );
+    }
+    if let Some(s) = &h.lowest {
+        d.set("lowest MOS", sample(s));
+    }
+    if let Some(s) = &h.highest {
+        d.set("highest MOS", sample(s));
+    }
+    d.into_value()
 }
 
 fn endpoint(a: SocketAddr) -> Value {

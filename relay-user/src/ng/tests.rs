@@ -842,7 +842,9 @@ fn media_figures_reach_query_and_totals() {
     let mut packet = vec![0x80, 8, 0, 1, 0, 0, 0, 1, 0, 0, 0xab, 0xcd];
     packet.extend([0xd5; 160]);
     let mut buf = [0u8; 512];
-    for _ in 0..10 {
+    // Sequence numbers 1..=11 without 6: 10 packets, one lost.
+    for seq in (1..=11u16).filter(|s| *s != 6) {
+        packet[2..4].copy_from_slice(&seq.to_be_bytes());
         caller.send_to(&packet, relay_in).unwrap();
         let (n, from) = callee.recv_from(&mut buf).unwrap();
         assert_eq!((n, from), (packet.len(), relay_out));
@@ -864,18 +866,54 @@ fn media_figures_reach_query_and_totals() {
         .unwrap()[0];
     assert_eq!(int(stream, &["stats", "packets"]), 10);
     assert!(stream.get("last packet").is_some());
+    // MOS per SSRC in rtpengine's shape: a call younger than one sample
+    // interval gets one provisional sample; 1 of 11 lost is 9 %.
+    assert_eq!(int(stream, &["SSRC"]), 0xabcd);
+    let ssrc = r.get("SSRC").unwrap().get("43981").expect("SSRC 43981");
+    assert_eq!(int(ssrc, &["cumulative loss"]), 1, "{r}");
+    assert_eq!(int(ssrc, &["average MOS", "samples"]), 1, "{r}");
+    assert_eq!(int(ssrc, &["average MOS", "packet loss"]), 9, "{r}");
+    let mos = int(ssrc, &["average MOS", "MOS"]);
+    assert!((30..=36).contains(&mos), "9 % loss scores about 3.5: {r}");
+    assert_eq!(int(ssrc, &["lowest MOS", "MOS"]), mos);
+    assert_eq!(int(ssrc, &["highest MOS", "MOS"]), mos);
+    assert!(int(ssrc, &["highest MOS", "reported at"]) > 1_700_000_000);
+
+    // relayd samples every flow every 5 s; here by hand: the lossy interval
+    // so far, then 10 clean packets.
+    f.relay.lock().unwrap().take_mos_samples(1_000);
+    for seq in 12..=21u16 {
+        packet[2..4].copy_from_slice(&seq.to_be_bytes());
+        caller.send_to(&packet, relay_in).unwrap();
+        callee.recv_from(&mut buf).unwrap();
+    }
+    f.relay.lock().unwrap().take_mos_samples(1_005);
+    let r = f.call(&[
+        ("command", Value::str("query")),
+        ("call-id", Value::str("flow")),
+    ]);
+    let ssrc = r.get("SSRC").unwrap().get("43981").unwrap();
+    assert_eq!(int(ssrc, &["average MOS", "samples"]), 2, "{r}");
+    assert_eq!(int(ssrc, &["average MOS", "packet loss"]), 4, "{r}");
+    assert_eq!(int(ssrc, &["lowest MOS", "MOS"]), mos, "{r}");
+    assert_eq!(int(ssrc, &["lowest MOS", "packet loss"]), 9, "{r}");
+    assert_eq!(int(ssrc, &["lowest MOS", "reported at"]), 1_000, "{r}");
+    assert_eq!(int(ssrc, &["highest MOS", "MOS"]), 44, "{r}");
+    assert_eq!(int(ssrc, &["highest MOS", "packet loss"]), 0, "{r}");
+    assert_eq!(int(ssrc, &["highest MOS", "reported at"]), 1_005, "{r}");
+    assert_eq!(int(ssrc, &["cumulative loss"]), 1, "{r}");
     let r = f.call(&[
         ("command", Value::str("delete")),
         ("call-id", Value::str("flow")),
     ]);
-    assert_eq!(int(&r, &["totals", "RTP", "packets"]), 10);
+    assert_eq!(int(&r, &["totals", "RTP", "packets"]), 20);
     let r = f.send(STATISTICS);
     assert_eq!(
         int(
             r.get("statistics").unwrap(),
             &["totalstatistics", "relayedpackets"]
         ),
-        10
+        20
     );
 }
 
