@@ -124,6 +124,15 @@ pub enum TransportError {
     Connect { addr: SocketAddr, source: io::Error },
     #[error("connecting to {0}: timed out")]
     Timeout(SocketAddr),
+    #[error(
+        "not connecting to {addr} for another {} ms: the last {failures} attempt(s) failed",
+        retry_in.as_millis()
+    )]
+    Backoff {
+        addr: SocketAddr,
+        retry_in: Duration,
+        failures: u32,
+    },
     #[error("TLS handshake with {addr} (trunk {trunk}): {reason}")]
     Handshake {
         addr: SocketAddr,
@@ -163,6 +172,9 @@ pub struct TransportStats {
     pub connections_refused_source: u64,
     pub connections_idle_closed: u64,
     pub tls_handshake_failures: u64,
+    /// Messages refused at once because dialing their destination failed
+    /// moments ago (see [`dial_backoff`]).
+    pub dials_backed_off: u64,
 }
 
 #[derive(Default)]
@@ -181,6 +193,7 @@ struct Counters {
     connections_refused_source: AtomicU64,
     connections_idle_closed: AtomicU64,
     tls_handshake_failures: AtomicU64,
+    dials_backed_off: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) {
@@ -205,6 +218,7 @@ impl Counters {
             connections_refused_source: g(&self.connections_refused_source),
             connections_idle_closed: g(&self.connections_idle_closed),
             tls_handshake_failures: g(&self.tls_handshake_failures),
+            dials_backed_off: g(&self.dials_backed_off),
         }
     }
 }
@@ -296,6 +310,8 @@ struct Inner {
     conns: Mutex<ConnTable>,
     /// One connection attempt per key at a time.
     dialing: Mutex<HashMap<ConnKey, Arc<tokio::sync::Mutex<()>>>>,
+    /// Places whose last dials failed, and until when not to dial them.
+    backoff: Mutex<HashMap<ConnKey, DialBackoff>>,
     /// Connections open or handshaking.
     open: AtomicUsize,
     next_id: AtomicU64,
@@ -505,6 +521,7 @@ impl Transports {
             handshake_timeout: cfg.handshake_timeout(),
             conns: Mutex::default(),
             dialing: Mutex::default(),
+            backoff: Mutex::default(),
             open: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
             counters: Counters::default(),
@@ -704,7 +721,37 @@ impl Transports {
             {
                 return Ok(c);
             }
-            let c = self.dial(&key, tls_target).await?;
+            if let Some(b) = lock(&inner.backoff).get(&key) {
+                let now = Instant::now();
+                if now < b.until {
+                    bump(&inner.counters.dials_backed_off);
+                    return Err(TransportError::Backoff {
+                        addr,
+                        retry_in: b.until - now,
+                        failures: b.failures,
+                    });
+                }
+            }
+            let dialed = self.dial(&key, tls_target).await;
+            {
+                let mut backoff = lock(&inner.backoff);
+                match &dialed {
+                    Ok(_) => {
+                        backoff.remove(&key);
+                    }
+                    // Our own connection limit says nothing about the peer.
+                    Err(TransportError::ConnectionLimit(_)) => {}
+                    Err(_) => {
+                        let b = backoff.entry(key.clone()).or_insert(DialBackoff {
+                            failures: 0,
+                            until: Instant::now(),
+                        });
+                        b.failures = b.failures.saturating_add(1);
+                        b.until = Instant::now() + dial_backoff(b.failures);
+                    }
+                }
+            }
+            let c = dialed?;
             c.write(inner, bytes)
                 .await
                 .map_err(|source| TransportError::Send {
@@ -793,6 +840,23 @@ impl Transports {
         tokio::spawn(run_conn(inner.clone(), conn.clone(), rd, slot));
         Ok(conn)
     }
+}
+
+/// A place whose last dials failed.
+struct DialBackoff {
+    failures: u32,
+    until: Instant,
+}
+
+/// How long not to dial a place again after its `failures`-th consecutive
+/// failed dial: 1 s, doubling, at most 16 s. Without it every message queued
+/// for a peer that refuses or drops handshakes starts a dial of its own (a
+/// service out of memory saw 172 handshakes in a few seconds); with it they
+/// fail at once (the B2BUA answers 503) until the next attempt is due, and a
+/// peer that is back is reached within 16 s (the trunk's OPTIONS ping dials
+/// too).
+pub fn dial_backoff(failures: u32) -> Duration {
+    Duration::from_secs(1 << failures.saturating_sub(1).min(4))
 }
 
 /// Can a socket bound to `local` send to `to`? (A socket bound to `[::]`

@@ -253,6 +253,50 @@ async fn tcp_connection_reuse_and_answer_on_it() {
     assert_eq!(&recv(&mut brx).await.bytes[..], &options(3, "")[..]);
 }
 
+#[test]
+fn dial_backoff_doubles_to_sixteen_seconds() {
+    let secs: Vec<u64> = (1..=7).map(|n| dial_backoff(n).as_secs()).collect();
+    assert_eq!(secs, [1, 2, 4, 8, 16, 16, 16]);
+    assert_eq!(dial_backoff(u32::MAX).as_secs(), 16);
+}
+
+#[tokio::test]
+async fn a_failed_dial_backs_off_then_retries() {
+    let (a, _arx) = Transports::start(&sip(|_| {}), None).await.unwrap();
+    // A port with nobody listening: take one, then close it.
+    let addr = std::net::TcpListener::bind(LO)
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let to = Dest::tcp(addr, None);
+    let first = a.send(&to, &options(1, ""), None).await.unwrap_err();
+    assert!(matches!(first, TransportError::Connect { .. }), "{first}");
+    // Within a second: refused without a dial, saying when it will retry.
+    let second = a.send(&to, &options(2, ""), None).await.unwrap_err();
+    let TransportError::Backoff {
+        retry_in, failures, ..
+    } = second
+    else {
+        panic!("expected a backoff: {second}");
+    };
+    assert_eq!(failures, 1);
+    assert!(retry_in <= Duration::from_secs(1));
+    assert_eq!(a.stats().dials_backed_off, 1);
+    assert_eq!(a.stats().connections_opened, 0);
+    // Once it is due, the next message dials again: now somebody listens.
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    tokio::time::sleep(retry_in + Duration::from_millis(50)).await;
+    a.send(&to, &options(3, ""), None).await.unwrap();
+    let (mut peer, _) = timeout(WAIT, listener.accept()).await.unwrap().unwrap();
+    let mut buf = vec![0u8; options(3, "").len()];
+    timeout(WAIT, peer.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(buf, options(3, ""));
+    assert_eq!(a.stats().connections_opened, 1);
+}
+
 #[tokio::test]
 async fn concurrent_sends_share_one_new_connection() {
     let (a, _arx) = Transports::start(&sip(|_| {}), None).await.unwrap();
@@ -716,6 +760,8 @@ async fn tls_from_a_source_of_no_tls_trunk_is_refused() {
     let target = a.tls().unwrap().target("voicemail").unwrap().clone();
     let to = Dest::tls(w.b_addr, None);
     assert!(a.send(&to, &options(1, ""), Some(&target)).await.is_err());
+    // A second connection once A's dial backoff allows one.
+    tokio::time::sleep(dial_backoff(1)).await;
     assert!(a.send(&to, &options(2, ""), Some(&target)).await.is_err());
     nothing(&mut w.brx).await;
     assert_eq!(w.b.stats().connections_refused_source, 2);
