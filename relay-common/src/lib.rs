@@ -138,6 +138,11 @@ pub struct FlowRule {
     /// `FLAG_*` bits.
     pub flags: u8,
     pub _reserved: [u8; 3],
+    /// The only device the rule's packets may arrive on (the one of the
+    /// relay interface that owns the rule's address); 0 = any. A packet with
+    /// the right peer address that arrives on another interface is spoofed.
+    pub ingress_ifindex: u32,
+    pub _pad: u32,
 }
 
 /// [`FlowRule::flags`]: the source must be learned in userspace, after the
@@ -394,7 +399,7 @@ pub mod maps {
 // Layout guards: the kernel and userspace must agree on these sizes, and none
 // of the types may carry implicit padding.
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 20);
-const _: () = assert!(core::mem::size_of::<FlowRule>() == 96);
+const _: () = assert!(core::mem::size_of::<FlowRule>() == 104);
 const _: () = assert!(core::mem::size_of::<FlowState>() == 32 + 80);
 const _: () = assert!(core::mem::size_of::<FlowStats>() == 32 + 8 * DROP_REASONS);
 const _: () = assert!(core::mem::size_of::<LatchEvent>() == 64);

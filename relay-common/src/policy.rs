@@ -53,6 +53,17 @@ pub enum SourceCheck {
     Latched,
 }
 
+/// A packet for the rule must arrive on the rule's ingress device (when it
+/// names one): the peer's address alone proves nothing on another interface.
+#[inline(always)]
+pub fn check_ingress(rule: &FlowRule, ifindex: u32) -> Result<(), DropReason> {
+    if rule.ingress_ifindex == 0 || rule.ingress_ifindex == ifindex {
+        Ok(())
+    } else {
+        Err(DropReason::BadSource)
+    }
+}
+
 /// Applies the rule's source policy to a packet from `src_addr:src_port` whose
 /// RTP/RTCP sender is `ssrc`, learning and locking the source where the policy
 /// allows. `now_ns` is CLOCK_MONOTONIC.
@@ -168,11 +179,22 @@ mod tests {
             clock_rate: 8000,
             flags: 0,
             _reserved: [0; 3],
+            ingress_ifindex: 0,
+            _pad: 0,
         }
     }
 
     const PEER: Addr = addr_from_v4([192, 0, 2, 10]);
     const OTHER: Addr = addr_from_v4([192, 0, 2, 66]);
+
+    #[test]
+    fn ingress_binding() {
+        let mut r = rule(SourcePolicy::Strict);
+        assert_eq!(check_ingress(&r, 3), Ok(()), "0 binds nothing");
+        r.ingress_ifindex = 3;
+        assert_eq!(check_ingress(&r, 3), Ok(()));
+        assert_eq!(check_ingress(&r, 4), Err(DropReason::BadSource));
+    }
 
     #[test]
     fn rtp_sanity() {

@@ -398,6 +398,11 @@ fn check_and_forward(
     if action == Some(Action::Block) || action.is_none() {
         return Verdict::Drop(DropReason::Blocked);
     }
+    // SAFETY: ctx.ctx is the xdp_md the kernel passed to this program.
+    let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
+    if let Err(reason) = policy::check_ingress(rule, ingress) {
+        return Verdict::Drop(reason);
+    }
     let Some(rtp) = read::<[u8; 12]>(ctx, udp.l4 + UDP_HLEN) else {
         return Verdict::Drop(DropReason::NotRtp);
     };

@@ -186,8 +186,9 @@ impl Rule {
     }
 
     /// The kernel form; `installed_ns` is CLOCK_MONOTONIC at installation and
-    /// starts the latch window.
-    pub fn to_kernel(&self, installed_ns: u64) -> FlowRule {
+    /// starts the latch window; `ingress_ifindex` is the device the rule's
+    /// packets must arrive on (0: any).
+    pub fn to_kernel(&self, installed_ns: u64, ingress_ifindex: u32) -> FlowRule {
         let (rate_interval_ns, rate_burst_ns) = rate_params(self.rate_pps, self.burst);
         let peer = self
             .peer
@@ -221,6 +222,8 @@ impl Rule {
                 0
             },
             _reserved: [0; 3],
+            ingress_ifindex,
+            _pad: 0,
         }
     }
 
@@ -317,7 +320,7 @@ mod tests {
     #[test]
     fn kernel_round_trip() {
         let r = rule();
-        let k = r.to_kernel(1_000);
+        let k = r.to_kernel(1_000, 0);
         assert_eq!(k.latch_until_ns, 1_000 + 5_000_000_000);
         assert_eq!(k.peer_port, 4000u16.to_be_bytes());
         let back = Rule::from_kernel(&r.key(), &k).unwrap();
@@ -336,7 +339,7 @@ mod tests {
             "out_src":"198.51.100.1:30002","dst":"198.51.100.10:5000","path":"forward"}"#;
         let r: Rule = serde_json::from_str(json).unwrap();
         assert_eq!(r.clock_rate, 0);
-        assert_eq!(r.to_kernel(0).clock_rate, 0);
+        assert_eq!(r.to_kernel(0, 0).clock_rate, 0);
     }
 
     #[test]
@@ -346,7 +349,7 @@ mod tests {
         r.peer = Some("[2001:db8::10]:4000".parse().unwrap());
         r.out_src = "[2001:db8:1::1]:30002".parse().unwrap();
         r.dst = "[2001:db8:1::10]:5000".parse().unwrap();
-        let k = r.to_kernel(0);
+        let k = r.to_kernel(0, 0);
         assert!(!addr_is_v4(&k.dst_addr));
         let back = Rule::from_kernel(&r.key(), &k).unwrap();
         assert_eq!(back.dst, r.dst);

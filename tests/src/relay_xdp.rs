@@ -302,5 +302,7 @@ pub fn flow_rule(
         clock_rate: 8000,
         flags: 0,
         _reserved: [0; 3],
+        ingress_ifindex: 0,
+        _pad: 0,
     }
 }

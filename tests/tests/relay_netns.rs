@@ -196,6 +196,22 @@ fn scenario(mode: &str) {
     );
     assert!(rule_on(&t, "192.0.2.1:30000").drops(DropReason::BadSource) >= 50);
     if mode == "xdp" {
+        // The caller's exact address and port, forged on the edge interface:
+        // the rule is bound to the inside device. (The userspace forwarder
+        // does not see the ingress device; it relies on the kernel's
+        // rp_filter, which test namespaces leave off.)
+        let before = rule_on(&t, "192.0.2.1:30000").drops(DropReason::BadSource);
+        let forger = Topology::spoofing_socket(&t.attacker, "192.0.2.10:4000").unwrap();
+        for seq in 0..25 {
+            forger
+                .send_to(&rtp(0x1111, seq, 5), "192.0.2.1:30000")
+                .unwrap();
+        }
+        silent(&callee);
+        let forged = rule_on(&t, "192.0.2.1:30000").drops(DropReason::BadSource) - before;
+        assert_eq!(forged, 25, "the forged peer dropped on the wrong interface");
+    }
+    if mode == "xdp" {
         let no_flow = after.drops(DropReason::NoFlow) - before.drops(DropReason::NoFlow);
         assert!(
             no_flow >= sprayed,

@@ -1113,6 +1113,34 @@ fn forward_ipv4_redirect() -> Result<()> {
 }
 
 #[test]
+fn ingress_bound_rule_drops_the_peer_forged_on_another_interface() -> Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let host = Host::new()?;
+    let sent = host.caller_frame(rtp_frame(caller(), endpoint()));
+    let (inside, outside) = (host.inside, host.outside);
+    host.run(|relay| {
+        let key = flow_key(endpoint());
+        let mut rule = strict_rule(Action::Forward);
+        rule.ingress_ifindex = inside.ifindex;
+        relay.add_rule(key, &rule)?;
+        // The declared peer's exact address and port, but arriving on the
+        // outside device: spoofed.
+        run_untouched(relay, &sent.build(), Some(outside.ifindex), action::DROP);
+        assert_counters(relay, &[(Counter::DropBadSource, 1)]);
+        assert_stats(relay, &key, Stats::drops(&[(DropReason::BadSource, 1)]));
+        // From the inside device it is forwarded.
+        run_expect(relay, &sent.build(), Some(inside.ifindex), action::REDIRECT);
+        assert_counters(
+            relay,
+            &[(Counter::DropBadSource, 1), (Counter::Redirect, 1)],
+        );
+        Ok(())
+    })
+}
+
+#[test]
 fn forward_ipv4_tx_same_interface() -> Result<()> {
     if !require_root() {
         return Ok(());

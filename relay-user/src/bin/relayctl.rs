@@ -443,7 +443,7 @@ fn print_flow_detail(d: &relay_user::control::flows::FlowDetail) {
             println!("  FLOWS key      {}", k.key_hex);
             let kr = &k.rule;
             println!(
-                "  FLOWS value    id={} action={} policy={} peer={} out_src={} dst={} latch_until_ns={} rate_interval_ns={} rate_burst_ns={}",
+                "  FLOWS value    id={} action={} policy={} peer={} out_src={} dst={} latch_until_ns={} rate_interval_ns={} rate_burst_ns={} ingress_ifindex={}",
                 kr.id,
                 kr.action,
                 kr.policy,
@@ -452,7 +452,8 @@ fn print_flow_detail(d: &relay_user::control::flows::FlowDetail) {
                 kr.dst,
                 kr.latch_until_ns,
                 kr.rate_interval_ns,
-                kr.rate_burst_ns
+                kr.rate_burst_ns,
+                kr.ingress_ifindex
             );
             match &k.state {
                 Some(s) => println!(

@@ -168,6 +168,9 @@ pub struct KernelRule {
     pub action: u8,
     /// `SourcePolicy`: 0 strict, 1 restricted, 2 latch.
     pub policy: u8,
+    /// The device packets must arrive on (0: any).
+    #[serde(default)]
+    pub ingress_ifindex: u32,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -203,6 +206,7 @@ impl KernelEntries {
                 dst: rule::sock_of(&r.dst_addr, r.dst_port),
                 action: r.action,
                 policy: r.policy,
+                ingress_ifindex: r.ingress_ifindex,
             },
             state: maps.state(key).map(|s: FlowState| KernelState {
                 tat_ns: s.tat_ns,

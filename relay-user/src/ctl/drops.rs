@@ -14,7 +14,7 @@ pub fn meaning(r: DropReason) -> &'static str {
     match r {
         DropReason::NoFlow => "no rule on that relay port: unsolicited traffic, scans",
         DropReason::BadSource => {
-            "sender not allowed by the rule's policy, or SSRC changed after latching"
+            "sender not allowed by the rule's policy or on that interface, or SSRC changed after latching"
         }
         DropReason::NotRtp => "too short for RTP or not RTP version 2",
         DropReason::RateLimited => "over the rule's packet rate",

@@ -16,7 +16,7 @@ use std::{
 
 use anyhow::{Result, bail};
 use aya::maps::{MapData, RingBuf};
-use relay_common::{FlowKey, FlowState, FlowStats, LatchEvent};
+use relay_common::{FlowKey, FlowRule, FlowState, FlowStats, LatchEvent};
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
@@ -109,11 +109,12 @@ impl Dataplane {
         let Some(found) = self.kernel.as_ref().map(|k| k.maps.rules()) else {
             return;
         };
-        for (key, krule) in found {
+        for (key, mut krule) in found {
             let adopted = match Rule::from_kernel(&key, &krule) {
                 None => Err(anyhow::anyhow!("unreadable rule")),
                 Some(rule) => self
                     .check_endpoints(&rule)
+                    .and_then(|()| self.rebind_ingress(&key, &rule, &mut krule))
                     .and_then(|()| self.forwarder.install(&rule, krule, false))
                     .map(|()| rule),
             };
@@ -132,6 +133,21 @@ impl Dataplane {
                 }
             }
         }
+    }
+
+    /// An adopted rule takes the ingress device of its address under this
+    /// configuration (devices may have been re-created since, or the rule
+    /// may predate ingress binding).
+    fn rebind_ingress(&mut self, key: &FlowKey, rule: &Rule, krule: &mut FlowRule) -> Result<()> {
+        let Some(kernel) = &mut self.kernel else {
+            return Ok(());
+        };
+        let ingress = kernel.ingress_of(rule.local.ip());
+        if krule.ingress_ifindex != ingress {
+            krule.ingress_ifindex = ingress;
+            kernel.maps.install(key, krule, true, false)?;
+        }
+        Ok(())
     }
 
     pub fn mode(&self) -> DataplaneMode {
@@ -160,7 +176,11 @@ impl Dataplane {
         let reset = old
             .as_ref()
             .is_none_or(|o| o.policy != rule.policy || o.peer != rule.peer);
-        let krule = rule.to_kernel(monotonic_ns());
+        let ingress = self
+            .kernel
+            .as_ref()
+            .map_or(0, |k| k.ingress_of(rule.local.ip()));
+        let krule = rule.to_kernel(monotonic_ns(), ingress);
         self.forwarder.install(&rule, krule, reset)?;
         // A fallback rule has no kernel entries to keep.
         let in_kernel = old.is_some() && !self.fallback.contains(&rule.local);
