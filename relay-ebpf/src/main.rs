@@ -564,7 +564,10 @@ fn forward(ctx: &XdpContext, udp: &Udp, rule: &FlowRule) -> Verdict {
     if egress == ingress {
         Verdict::Sent(xdp_action::XDP_TX, Counter::Tx)
     } else {
-        match EGRESS.redirect(egress, 0) {
+        // The entry was there a moment ago; if userspace removed it since,
+        // the rewritten frame has nowhere to go: the flags' low bits make
+        // that a plain drop instead of XDP_ABORTED (an exception trace).
+        match EGRESS.redirect(egress, u64::from(xdp_action::XDP_DROP)) {
             Ok(action) => Verdict::Sent(action, Counter::Redirect),
             Err(action) => Verdict::Sent(action, Counter::Redirect),
         }
