@@ -152,6 +152,13 @@ pub struct FlowRule {
 /// CVE-2025-53399). Userspace writes the learned source into `FLOW_STATE`.
 pub const FLAG_AUTH_LATCH: u8 = 1;
 
+/// [`FlowRule::flags`]: the userspace forwarder protects or unprotects this
+/// rule's packets (transcrypt, re-key) with keys that live only in the
+/// relayd that installed it. The XDP program ignores the flag; a restarted
+/// relayd does not adopt such a rule, which without its keys would forward
+/// plain RTP onto a leg that must be encrypted.
+pub const FLAG_SRTP_CRYPTO: u8 = 2;
+
 /// Per-rule state written by the data plane (the `FLOW_STATE` map value).
 /// Userspace creates it zeroed with the rule and resets it when the rule's
 /// source policy or peer changes.

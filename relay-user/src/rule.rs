@@ -7,8 +7,8 @@ use std::{
 };
 
 use relay_common::{
-    Action, Addr, FLAG_AUTH_LATCH, FlowKey, FlowRule, SourcePolicy, addr_from_v4, addr_is_v4,
-    policy::rate_params,
+    Action, Addr, FLAG_AUTH_LATCH, FLAG_SRTP_CRYPTO, FlowKey, FlowRule, SourcePolicy, addr_from_v4,
+    addr_is_v4, policy::rate_params,
 };
 use serde::{Deserialize, Serialize};
 
@@ -220,10 +220,32 @@ impl Rule {
                 FLAG_AUTH_LATCH
             } else {
                 0
+            } | if self.srtp.as_ref().is_some_and(|s| s.needs_crypto()) {
+                FLAG_SRTP_CRYPTO
+            } else {
+                0
             },
             _reserved: [0; 3],
             ingress_ifindex,
             _pad: 0,
+        }
+    }
+
+    /// Whether a restarted relayd can carry on a rule it finds pinned, whose
+    /// state says `locked`: not when the forwarder needs keys for it (they
+    /// lived only in the previous process): a transcrypt rule would forward
+    /// plain RTP onto the encrypted leg, and an SRTP leg that has not
+    /// authenticated its source yet would latch on anybody's packet. A locked
+    /// pass-through leg runs in XDP without keys and stays.
+    pub fn adoptable(r: &FlowRule, locked: bool) -> Result<(), &'static str> {
+        if r.flags & FLAG_SRTP_CRYPTO != 0 {
+            Err("its SRTP keys are not kept across a restart")
+        } else if r.flags & FLAG_AUTH_LATCH != 0 && !locked {
+            Err(
+                "its source must be authenticated with SRTP keys that are not kept across a restart",
+            )
+        } else {
+            Ok(())
         }
     }
 
@@ -354,6 +376,30 @@ mod tests {
         let back = Rule::from_kernel(&r.key(), &k).unwrap();
         assert_eq!(back.dst, r.dst);
         assert_eq!(back.local, r.local);
+    }
+
+    #[test]
+    fn srtp_rules_that_need_their_keys_are_not_adopted() {
+        let key = || Some(MasterKey::generate(crate::srtp::Suite::AesCm128HmacSha1_80).unwrap());
+        let with = |inbound, outbound| {
+            let mut r = rule();
+            r.srtp = Some(Box::new(RuleSrtp { inbound, outbound }));
+            r.to_kernel(0, 0)
+        };
+        let plain = rule().to_kernel(0, 0);
+        assert_eq!(Rule::adoptable(&plain, false), Ok(()));
+        // Transcrypt either way and re-key: the keys are the rule.
+        for k in [with(None, key()), with(key(), None), with(key(), key())] {
+            assert_eq!(k.flags & FLAG_SRTP_CRYPTO, FLAG_SRTP_CRYPTO);
+            assert!(Rule::adoptable(&k, true).is_err());
+        }
+        // Pass-through: fine once its source is locked (XDP needs no key),
+        // not while the source still has to authenticate.
+        let k1 = key();
+        let pass = with(k1.clone(), k1);
+        assert_eq!(pass.flags, FLAG_AUTH_LATCH);
+        assert_eq!(Rule::adoptable(&pass, true), Ok(()));
+        assert!(Rule::adoptable(&pass, false).is_err());
     }
 
     #[test]

@@ -110,14 +110,23 @@ impl Dataplane {
             return;
         };
         for (key, mut krule) in found {
-            let adopted = match Rule::from_kernel(&key, &krule) {
-                None => Err(anyhow::anyhow!("unreadable rule")),
-                Some(rule) => self
-                    .check_endpoints(&rule)
-                    .and_then(|()| self.rebind_ingress(&key, &rule, &mut krule))
-                    .and_then(|()| self.forwarder.install(&rule, krule, false))
-                    .map(|()| rule),
-            };
+            let locked = self
+                .kernel
+                .as_ref()
+                .and_then(|k| k.maps.state(&key))
+                .is_some_and(|s| s.locked != 0);
+            let adopted = Rule::adoptable(&krule, locked)
+                .map_err(|why| anyhow::anyhow!(why))
+                .and_then(|()| {
+                    Rule::from_kernel(&key, &krule)
+                        .ok_or_else(|| anyhow::anyhow!("unreadable rule"))
+                })
+                .and_then(|rule| {
+                    self.check_endpoints(&rule)?;
+                    self.rebind_ingress(&key, &rule, &mut krule)?;
+                    self.forwarder.install(&rule, krule, false)?;
+                    Ok(rule)
+                });
             match adopted {
                 Ok(rule) => {
                     info!(local = %rule.local, id = rule.id, "adopted pinned rule");
@@ -126,7 +135,7 @@ impl Dataplane {
                 }
                 Err(e) => {
                     let local = rule::sock_of(&key.addr, key.port);
-                    warn!(%local, error = %format!("{e:#}"), "dropping a pinned rule that no longer fits the configuration");
+                    warn!(%local, error = %format!("{e:#}"), "dropping a pinned rule this relayd cannot carry on");
                     if let Some(k) = &mut self.kernel {
                         k.maps.remove(&key);
                     }
