@@ -153,6 +153,21 @@ pub fn rtp(ssrc: u32, seq: u16, len: usize) -> Vec<u8> {
     p
 }
 
+/// A 172-byte RTP packet, one 20 ms G.711 frame of payload type `pt`, whose
+/// payload is made from its SSRC and sequence number: consecutive packets of
+/// a stream differ, and so do two streams with different SSRCs, so a
+/// receiver that compares it with what was sent knows it got that packet.
+pub fn rtp_numbered(pt: u8, ssrc: u32, seq: u16) -> Vec<u8> {
+    let mut p = vec![0x80, pt];
+    p.extend_from_slice(&seq.to_be_bytes());
+    p.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+    p.extend_from_slice(&ssrc.to_be_bytes());
+    let [s0, s1, s2, s3] = ssrc.to_be_bytes();
+    let mark = (seq as u8) ^ ((seq >> 8) as u8) ^ s0 ^ s1 ^ s2 ^ s3;
+    p.extend((0..160).map(|i| (i as u8) ^ mark));
+    p
+}
+
 /// An RTCP receiver report with no report blocks (8 bytes: the sender's SSRC
 /// sits at offset 4, not 8) followed by `extra` bytes of padding-like data so
 /// it passes the 12-byte RTP minimum.

@@ -61,6 +61,18 @@ pub fn sdp_media_endpoint(sdp: &str) -> std::net::SocketAddr {
         .expect("c= and m= make an endpoint")
 }
 
+/// The `a=crypto` lines of an SDP, parsed (panics on one that does not
+/// parse): the SDES keys its writer sends with.
+pub fn sdp_crypto(sdp: &str) -> Vec<relay_user::srtp::sdes::CryptoAttribute> {
+    sdp.lines()
+        .filter_map(|l| l.trim_end().strip_prefix("a=crypto:"))
+        .map(|v| {
+            relay_user::srtp::sdes::CryptoAttribute::parse(v)
+                .unwrap_or_else(|e| panic!("a=crypto:{v}: {e}"))
+        })
+        .collect()
+}
+
 /// The pid in a name made by [`unique_name`] with this `prefix`, if it is one.
 pub fn unique_name_pid(prefix: &str, name: &str) -> Option<u32> {
     let rest = name.strip_prefix(prefix)?.strip_prefix('-')?;

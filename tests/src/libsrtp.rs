@@ -195,6 +195,23 @@ impl LibSrtp {
         self.call(srtp_unprotect, buf, len, false)
     }
 
+    /// The SRTP packet of the RTP packet `plain`.
+    pub fn protect_rtp_vec(&mut self, plain: &[u8]) -> Result<Vec<u8>, c_int> {
+        let mut buf = vec![0u8; plain.len() + MAX_TRAILER];
+        buf[..plain.len()].copy_from_slice(plain);
+        let n = self.protect_rtp(&mut buf, plain.len())?;
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    /// The RTP packet of the SRTP packet `packet`.
+    pub fn unprotect_rtp_vec(&mut self, packet: &[u8]) -> Result<Vec<u8>, c_int> {
+        let mut buf = packet.to_vec();
+        let n = self.unprotect_rtp(&mut buf, packet.len())?;
+        buf.truncate(n);
+        Ok(buf)
+    }
+
     pub fn protect_rtcp(&mut self, buf: &mut [u8], len: usize) -> Result<usize, c_int> {
         self.call(srtp_protect_rtcp, buf, len, true)
     }

@@ -8,6 +8,11 @@
 //!  relayd 198.51.100.1 --tls 5061 (mutual)--> callee ns: Kamailio 198.51.100.10:5061
 //!                                             Kamailio --udp--> sipp UAS 198.51.100.10:5080
 //! ```
+//!
+//! For an SRTP-only service ([`start_srtp_service`]) the UAS answers
+//! RTP/SAVP with its own key and media on [`SRTP_SERVICE_MEDIA_PORT`], where
+//! the caller's libsrtp endpoint listens; [`received_offers`] reads the
+//! relay's offers (and so its keys) back from the UAS's message log.
 
 use std::{
     path::{Path, PathBuf},
@@ -16,6 +21,8 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
+
+use relay_user::srtp::{Suite, sdes::CryptoAttribute};
 
 use crate::netns::{NetNs, run_command};
 
@@ -679,12 +686,97 @@ require_client_cert = true
 /// The service's user agent (sipp UAS on 198.51.100.10:5080, media on 16000)
 /// behind Kamailio, for `calls` calls.
 pub fn start_service(ns: &NetNs, dir: &Path, name: &str, plan: Uas, calls: u32) -> Result<Peer> {
+    service_sipp(ns, dir, name, &uas_scenario(plan), calls)
+}
+
+/// Where an SRTP-only service's media endpoint listens (its SDP's m= port):
+/// a libsrtp endpoint of the test or demo in the callee namespace, since sipp
+/// has no SRTP.
+pub const SRTP_SERVICE_MEDIA_PORT: u16 = 16500;
+
+/// The SRTP-only service, for `calls` calls: the user agent of
+/// [`start_service`] that answers (180, 200) and waits for BYE, its SDP
+/// answering RTP/SAVP with media on [`SRTP_SERVICE_MEDIA_PORT`] and an
+/// `a=crypto` line of its own, returned with it: tag 1 and
+/// `AEAD_AES_128_GCM`, the relay's first offered line (relay offers GCM
+/// first), with a fresh key. SDES puts in each SDP the key its writer sends
+/// with: the service's media endpoint protects with this key, and
+/// unprotects with the relay's line of the same tag ([`received_offers`],
+/// [`relay_srtp_offer`]).
+pub fn start_srtp_service(
+    ns: &NetNs,
+    dir: &Path,
+    name: &str,
+    calls: u32,
+) -> Result<(Peer, CryptoAttribute)> {
+    let key = CryptoAttribute::generate(1, Suite::AeadAes128Gcm)?;
+    let scenario = uas_scenario(Uas::Accept {
+        hangup: Hangup::Awaits,
+        hold: false,
+        audio_ms: 0,
+    })
+    .replace(
+        "m=audio [media_port] RTP/AVP 8 101\n",
+        &format!("m=audio {SRTP_SERVICE_MEDIA_PORT} RTP/SAVP 8 101\n"),
+    )
+    .replace(
+        "a=fmtp:101 0-15\n",
+        &format!("a=fmtp:101 0-15\na=crypto:{}\n", key.to_sdp_value()),
+    );
+    Ok((service_sipp(ns, dir, name, &scenario, calls)?, key))
+}
+
+/// The SDPs of the INVITEs that the sipp peer `name` (started by [`sipp`] in
+/// `dir`) has received so far, in order, as its `-trace_msg` log shows them:
+/// for the service, the relay's offers with the relay's `a=crypto` lines.
+pub fn received_offers(dir: &Path, name: &str) -> Vec<String> {
+    let log = std::fs::read_to_string(dir.join(format!("{name}_messages.log"))).unwrap_or_default();
+    // sipp starts each message of its log with a line of dashes and a
+    // "UDP message received [n] bytes :" or "... sent ..." line.
+    log.split("\n------")
+        .filter(|m| m.contains(" message received "))
+        .filter_map(|m| Some(&m[m.find("\nINVITE ")?..]))
+        .filter_map(|invite| {
+            let (_, body) = invite
+                .split_once("\r\n\r\n")
+                .or_else(|| invite.split_once("\n\n"))?;
+            body.starts_with("v=0").then(|| body.trim_end().to_string())
+        })
+        .collect()
+}
+
+/// From the relay's offer `sdp` to the SRTP service: where the relay receives
+/// the service's media, and the relay's `a=crypto` line that the service's
+/// answer line `answer` picks (same tag and suite), whose key the relay
+/// protects with toward the service.
+pub fn relay_srtp_offer(
+    sdp: &str,
+    answer: &CryptoAttribute,
+) -> Result<(std::net::SocketAddr, CryptoAttribute)> {
+    let line = crate::sdp_crypto(sdp)
+        .into_iter()
+        .find(|l| l.tag == answer.tag)
+        .with_context(|| format!("no a=crypto line with tag {} in\n{sdp}", answer.tag))?;
+    if line.suite() != answer.suite() {
+        bail!(
+            "the relay's tag {} is {:?}, the service answered {:?}",
+            line.tag,
+            line.suite(),
+            answer.suite()
+        );
+    }
+    Ok((crate::sdp_media_endpoint(sdp), line))
+}
+
+/// The user agent behind Kamailio on 198.51.100.10:5080 running `scenario`
+/// for `calls` calls.
+fn service_sipp(ns: &NetNs, dir: &Path, name: &str, scenario: &str, calls: u32) -> Result<Peer> {
     let calls = calls.to_string();
     sipp(
         ns,
         dir,
         name,
-        &uas_scenario(plan),
+        scenario,
         &[
             "-i",
             "198.51.100.10",

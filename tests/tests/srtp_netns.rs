@@ -16,9 +16,7 @@ use std::{
 };
 
 use relay_tests::{
-    libsrtp::{LibSrtp, MAX_TRAILER},
-    sdp_media_endpoint,
-    topology::Topology,
+    frames::rtp_numbered, libsrtp::LibSrtp, sdp_crypto, sdp_media_endpoint, topology::Topology,
 };
 use relay_user::{
     control::{Client, Request},
@@ -40,31 +38,13 @@ fn sdp(addr: &str, port: u16, proto: &str, crypto: &[String]) -> String {
     s
 }
 
-fn crypto_lines(sdp: &str) -> Vec<CryptoAttribute> {
-    sdp.lines()
-        .filter_map(|l| l.strip_prefix("a=crypto:"))
-        .map(|v| CryptoAttribute::parse(v).unwrap())
-        .collect()
-}
-
-/// A 172-byte G.711 RTP packet whose payload encodes its sequence number.
+/// A 172-byte PCMU packet whose payload encodes its SSRC and sequence number.
 fn rtp(ssrc: u32, seq: u16) -> Vec<u8> {
-    let mut p = vec![0x80, 0x00];
-    p.extend_from_slice(&seq.to_be_bytes());
-    p.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
-    p.extend_from_slice(&ssrc.to_be_bytes());
-    p.extend((0..160).map(|i| (i as u8) ^ (seq as u8)));
-    p
+    rtp_numbered(0, ssrc, seq)
 }
 
 fn protect(s: &mut LibSrtp, plain: &[u8]) -> Vec<u8> {
-    let mut buf = vec![0u8; plain.len() + MAX_TRAILER];
-    buf[..plain.len()].copy_from_slice(plain);
-    let n = s
-        .protect_rtp(&mut buf, plain.len())
-        .expect("libsrtp protect");
-    buf.truncate(n);
-    buf
+    s.protect_rtp_vec(plain).expect("libsrtp protect")
 }
 
 fn recv(rx: &UdpSocket) -> Option<(Vec<u8>, SocketAddr)> {
@@ -146,7 +126,7 @@ fn transcrypt(mode: &str) {
     );
     let to_callee = v["sdp"].as_str().unwrap().to_string();
     assert!(to_callee.contains(" RTP/SAVP 0 101\r\n"), "{to_callee}");
-    let offered = crypto_lines(&to_callee);
+    let offered = sdp_crypto(&to_callee);
     assert_eq!(offered.len(), Suite::ALL.len(), "{to_callee}");
     // The callee takes the classic suite and sends with its own fresh key.
     let relay_line = offered

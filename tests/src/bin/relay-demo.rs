@@ -5,29 +5,29 @@
 //! (Kamailio with mutual TLS in front of a sipp user agent) that requires
 //! SRTP, and a PBX (sipp playing plain G.711 audio), places calls through the
 //! relay, which transcrypts: the PBX's audio reaches the service encrypted
-//! with the relay's key, and the service's SRTP (sent by this program with
-//! libsrtp, since sipp has no SRTP) reaches the PBX decrypted. Then sprays
-//! unsolicited and forged packets and shows them dropped, and cleans
-//! everything up. Needs root.
+//! with the relay's key (this program, the service's media endpoint, decrypts
+//! it with libsrtp and the key from the relay's INVITE), and the service's
+//! SRTP (sent by this program with libsrtp, since sipp has no SRTP) reaches
+//! the PBX decrypted. Then sprays unsolicited and forged packets and shows
+//! them dropped, and cleans everything up. Needs root.
 
 use std::{
+    collections::HashMap,
     process::ExitCode,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
 use relay_tests::{
-    libsrtp::{LibSrtp, MAX_TRAILER},
+    frames::rtp_numbered,
+    libsrtp::LibSrtp,
     sip_peers::{
-        Hangup, Pki, Uac, Uas, relay_sip_config, sipp, start_kamailio_tls, start_pbx, uas_scenario,
+        Hangup, Pki, SRTP_SERVICE_MEDIA_PORT, Uac, received_offers, relay_sip_config,
+        relay_srtp_offer, start_kamailio_tls, start_pbx, start_srtp_service,
     },
     topology::{RelaydOpts, Topology},
 };
-use relay_user::{
-    control::Request,
-    dataplane::RuleView,
-    srtp::{Suite, sdes::CryptoAttribute},
-};
+use relay_user::{control::Request, dataplane::RuleView, srtp::sdes::CryptoAttribute};
 
 const CALLS: u32 = 3;
 
@@ -62,42 +62,13 @@ fn run() -> Result<()> {
     let pki = Pki::create(&dir.join("pki"))?;
     let _kamailio = start_kamailio_tls(&t.callee, &pki, "service", &dir)?;
     let calls = CALLS.to_string();
-    // The service answers RTP/SAVP with its own key (the relay's first
-    // offered line is tag 1, AEAD_AES_128_GCM) and media on SERVICE_MEDIA,
-    // where this program's libsrtp endpoint listens.
-    let service_key = CryptoAttribute::generate(1, Suite::AeadAes128Gcm)?;
-    let scenario = uas_scenario(Uas::Accept {
-        hangup: Hangup::Awaits,
-        hold: false,
-        audio_ms: 0,
-    })
-    .replace(
-        "m=audio [media_port] RTP/AVP 8 101\n",
-        &format!("m=audio {SERVICE_MEDIA_PORT} RTP/SAVP 8 101\n"),
-    )
-    .replace(
-        "a=fmtp:101 0-15\n",
-        &format!("a=fmtp:101 0-15\na=crypto:{}\n", service_key.to_sdp_value()),
-    );
-    let mut service = sipp(
+    // The service answers RTP/SAVP with its own key and media on
+    // SRTP_SERVICE_MEDIA_PORT, where this program's libsrtp endpoint listens.
+    let (mut service, service_key) = start_srtp_service(&t.callee, &dir, "service", CALLS)?;
+    let media = Topology::socket(
         &t.callee,
-        &dir,
-        "service",
-        &scenario,
-        &[
-            "-i",
-            "198.51.100.10",
-            "-p",
-            "5080",
-            "-mi",
-            "198.51.100.10",
-            "-mp",
-            "16000",
-            "-m",
-            &calls,
-        ],
+        &format!("198.51.100.10:{SRTP_SERVICE_MEDIA_PORT}"),
     )?;
-    let media = Topology::socket(&t.callee, &format!("198.51.100.10:{SERVICE_MEDIA_PORT}"))?;
 
     step(
         "relayd: XDP in driver mode on in0, out0, edge0; SIP on udp/tcp 192.0.2.1:5060 and tls 198.51.100.1:5061; the voicemail trunk has srtp = \"required\"",
@@ -141,13 +112,15 @@ fn run() -> Result<()> {
     step(
         "the service sends 2 s of SRTP per call (libsrtp, its own key) and receives the PBX's audio",
     );
-    let (sent, received, encrypted) = service_media(&t, &media, &service_key)?;
+    let (sent, received, decrypted) = service_media(&t, &dir, &media, &service_key)?;
     println!(
-        "    service: sent {sent} SRTP packets; received {received} packets from the relay, {encrypted} of them \
-         SRTP (the PBX's 252-byte G.711 packets with a 16-byte GCM tag)"
+        "    service: sent {sent} SRTP packets; received {received} packets from the relay, {decrypted} of them \
+         SRTP that libsrtp decrypted with the relay's offered key into the PBX's G.711"
     );
-    if received == 0 || encrypted != received {
-        bail!("the service did not get the PBX's audio encrypted ({encrypted}/{received})");
+    if received == 0 || decrypted != received {
+        bail!(
+            "the service could not decrypt the PBX's audio with the relay's key ({decrypted}/{received})"
+        );
     }
     step(
         "the media flows: `relayctl flows` (every flow has an SRTP end: XDP checks it and passes it up, the forwarder transcrypts)",
@@ -180,8 +153,10 @@ fn run() -> Result<()> {
         }
     }
     step("and forges SRTP toward the relay's outside ports, spoofing the service's media address");
-    let forger =
-        Topology::spoofing_socket(&t.attacker, &format!("198.51.100.10:{SERVICE_MEDIA_PORT}"))?;
+    let forger = Topology::spoofing_socket(
+        &t.attacker,
+        &format!("198.51.100.10:{SRTP_SERVICE_MEDIA_PORT}"),
+    )?;
     let mut forged = rtp.clone();
     forged.extend([0x5a; 16]);
     for port in service_ports(&t)? {
@@ -234,9 +209,6 @@ fn run() -> Result<()> {
     Ok(())
 }
 
-/// Where the service's media endpoint listens (its SDP's m= port).
-const SERVICE_MEDIA_PORT: u16 = 16500;
-
 /// The relay's outside endpoints that receive from the service, one per call.
 fn service_ports(t: &Topology) -> Result<Vec<u16>> {
     let views: Vec<RuleView> = serde_json::from_value(t.call(&Request::Rules)?)?;
@@ -249,9 +221,12 @@ fn service_ports(t: &Topology) -> Result<Vec<u16>> {
 
 /// The service's media endpoint: 100 SRTP packets (2 s of 20 ms G.711
 /// frames) to each call's relay port, and whatever the relay sends it
-/// meanwhile, counted as SRTP when it is not plain G.711 of the PBX's size.
+/// meanwhile, counted as decrypted when libsrtp unprotects it with the key
+/// the relay offered in that call's INVITE (read back from the service's
+/// sipp log) and it is one of the PBX's G.711 packets.
 fn service_media(
     t: &Topology,
+    dir: &std::path::Path,
     media: &std::net::UdpSocket,
     key: &CryptoAttribute,
 ) -> Result<(u32, u32, u32)> {
@@ -260,33 +235,37 @@ fn service_media(
         bail!("expected {CALLS} service-side rules, found {ports:?}");
     }
     let mut tx = LibSrtp::new(&key.key, false).map_err(|e| anyhow::anyhow!("libsrtp: {e}"))?;
+    // Per call, the relay endpoint the PBX's audio comes from and the
+    // relay's key for it.
+    let mut rx = HashMap::new();
+    for offer in received_offers(dir, "service") {
+        let (relay, line) = relay_srtp_offer(&offer, key)?;
+        let ctx = LibSrtp::new(&line.key, true).map_err(|e| anyhow::anyhow!("libsrtp: {e}"))?;
+        rx.insert(relay, ctx);
+    }
     media.set_nonblocking(true)?;
-    let (mut sent, mut received, mut encrypted) = (0u32, 0u32, 0u32);
+    let (mut sent, mut received, mut decrypted) = (0u32, 0u32, 0u32);
     let mut buf = vec![0u8; 2048];
     for seq in 0..100u16 {
         for (i, port) in ports.iter().enumerate() {
-            let mut p = vec![0u8; 12 + 160 + MAX_TRAILER];
-            p[0] = 0x80;
-            p[1] = 8; // PCMA
-            p[2..4].copy_from_slice(&seq.to_be_bytes());
-            p[4..8].copy_from_slice(&(u32::from(seq) * 160).to_be_bytes());
-            p[8..12].copy_from_slice(&(0x5e41_0000 + i as u32).to_be_bytes());
-            p[12..172].fill(0xd5); // A-law silence
-            let n = tx
-                .protect_rtp(&mut p, 172)
+            let p = tx
+                .protect_rtp_vec(&rtp_numbered(8, 0x5e41_0000 + i as u32, seq))
                 .map_err(|e| anyhow::anyhow!("libsrtp: {e}"))?;
-            media.send_to(&p[..n], ("198.51.100.1", *port))?;
+            media.send_to(&p, ("198.51.100.1", *port))?;
             sent += 1;
         }
         let until = Instant::now() + Duration::from_millis(20);
         while Instant::now() < until {
             match media.recv_from(&mut buf) {
-                Ok((n, _)) => {
+                Ok((n, from)) => {
                     received += 1;
                     // The RTP packets of sipp's g711a.pcap are 252 bytes
-                    // (30 ms frames); protected with GCM they gain 16.
-                    if n == 252 + 16 {
-                        encrypted += 1;
+                    // (30 ms frames of PCMA).
+                    let plain = rx
+                        .get_mut(&from)
+                        .and_then(|ctx| ctx.unprotect_rtp_vec(&buf[..n]).ok());
+                    if plain.is_some_and(|p| p.len() == 252 && p[1] & 0x7f == 8) {
+                        decrypted += 1;
                     }
                 }
                 Err(_) => std::thread::sleep(Duration::from_millis(1)),
@@ -294,7 +273,7 @@ fn service_media(
         }
     }
     media.set_nonblocking(false)?;
-    Ok((sent, received, encrypted))
+    Ok((sent, received, decrypted))
 }
 
 fn relayctl(t: &Topology, args: &[&str]) -> Result<String> {
