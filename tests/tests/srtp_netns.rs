@@ -5,10 +5,14 @@
 //!
 //! - transcrypt: a plain-RTP caller and an SRTP-only callee; audio verified
 //!   on both sides, tampered packets and replays dropped and counted per flow,
-//!   no key in any control-socket reply, relayctl output or the log;
-//! - pass-through with authenticated latching: the attacker's SRTP-looking
-//!   packets sent before the real caller never latch or reach the callee; the
-//!   real caller latches, and the flow then runs in XDP.
+//!   no key in any control-socket reply, relayctl output or the log; a
+//!   caller that restarts its sequence numbers goes on seamlessly; a
+//!   restarted relayd (no keys) removes the transcrypt rules instead of
+//!   forwarding plain RTP onto the SRTP leg;
+//! - pass-through with authenticated latching: SRTP-looking packets sent
+//!   before the real caller, from another interface (dropped in XDP) or from
+//!   the caller's side (failing authentication in userspace), never latch or
+//!   reach the callee; the real caller latches, and the flow then runs in XDP.
 
 use std::{
     net::{SocketAddr, UdpSocket},
@@ -177,6 +181,22 @@ fn transcrypt(mode: &str) {
             .unwrap_or_else(|e| panic!("libsrtp rejected packet {seq}: {e}"));
         assert_eq!(&got[..n], &plain[..], "packet {seq}");
     }
+    // The caller restarts its sequence numbers, same SSRC: the relay shifts
+    // them so libsrtp sees the stream go on (N, N+1, ...) instead of the
+    // relay dropping them as too old, or reusing a keystream.
+    // (A jump back of more than the 128-packet replay window: a smaller one
+    // cannot be told from duplicates.)
+    for seq in 0..5u16 {
+        let plain = rtp(0x1111, 60_000 + seq);
+        caller.send_to(&plain, relay_in).unwrap();
+        let (mut got, _) = recv(&callee)
+            .unwrap_or_else(|| panic!("restarted packet {seq} lost\n{}", t.relayd_log()));
+        let n = callee_rx
+            .unprotect_rtp(&mut got, plain.len() + 10)
+            .unwrap_or_else(|e| panic!("libsrtp rejected restarted packet {seq}: {e}"));
+        assert_eq!(u16::from_be_bytes([got[2], got[3]]), N + seq);
+        assert_eq!(got[4..n], plain[4..], "restarted packet {seq}");
+    }
 
     // Callee -> caller: SRTP in, plain out. Keep protected copies to replay.
     let mut sent = Vec::new();
@@ -295,13 +315,37 @@ fn transcrypt(mode: &str) {
         "the suite is shown"
     );
 
-    call(
-        &mut c,
-        &t,
-        &Request::Delete {
-            call_id: "srtp-1".into(),
-        },
+    if mode != "xdp" {
+        call(
+            &mut c,
+            &t,
+            &Request::Delete {
+                call_id: "srtp-1".into(),
+            },
+        );
+        return;
+    }
+    // relayd restarts: the pinned transcrypt rules need keys that lived only
+    // in the old process, so the new one removes them rather than forward
+    // the caller's plain RTP unencrypted onto the SRTP leg.
+    drop(c);
+    assert!(t.stop_relayd().unwrap().success());
+    t.start_relayd("xdp").expect("relayd again");
+    let log = t.relayd_log();
+    assert!(
+        log.contains("dropping a pinned rule this relayd cannot carry on")
+            && log.contains("SRTP keys are not kept across a restart"),
+        "{log}"
     );
+    let rules = t.call(&Request::Rules).unwrap().to_string();
+    for local in [relay_in, relay_out] {
+        assert!(
+            !rules.contains(&local.to_string()),
+            "{local} adopted: {rules}"
+        );
+    }
+    caller.send_to(&rtp(0x1111, 100), relay_in).unwrap();
+    assert_silent(&callee, "plain RTP after the restart");
 }
 
 #[test]
@@ -371,12 +415,24 @@ fn passthrough_authenticated_latching_then_xdp() {
     assert_eq!(up["rule"]["path"], "forward", "{up:#}");
     assert_eq!(up["rule"]["srtp"], "passthrough", "{up:#}");
 
-    // The attacker gets there first with SRTP-looking packets: an RTP header
-    // and a tag made with a key of its own.
+    // Attackers get there first with SRTP-looking packets: an RTP header and
+    // a tag made with a key of their own. The one on another interface (the
+    // edge) is dropped in XDP: the rule is bound to the inside device.
     let wrong = CryptoAttribute::generate(1, Suite::AeadAes128Gcm).unwrap();
     let mut forger = LibSrtp::new(&wrong.key, false).unwrap();
     for seq in 0..20 {
         attacker
+            .send_to(&protect(&mut forger, &rtp(0x6666, seq)), relay_in)
+            .unwrap();
+    }
+    assert_silent(&callee, "forged SRTP from another interface");
+    let v = rule_view(&t, relay_in);
+    assert_eq!(drops(&v, "xdp", "bad_source"), 20, "{v:#}");
+    // One on the caller's side (another port there, as behind the same NAT)
+    // reaches userspace, fails authentication and teaches nothing.
+    let on_path = Topology::socket(&t.caller, "192.0.2.10:4666").unwrap();
+    for seq in 20..40 {
+        on_path
             .send_to(&protect(&mut forger, &rtp(0x6666, seq)), relay_in)
             .unwrap();
     }
@@ -416,18 +472,18 @@ fn passthrough_authenticated_latching_then_xdp() {
         "the rest stayed in XDP: {v:#}"
     );
 
-    // Now locked: the attacker is dropped in the kernel as a bad source, even
-    // with a replayed genuine packet.
+    // Now locked: the on-path attacker is dropped in the kernel as a bad
+    // source, even with a replayed genuine packet.
     let genuine = protect(&mut caller_tx, &rtp(0x1234, N));
-    attacker.send_to(&genuine, relay_in).unwrap();
-    for seq in 20..30 {
-        attacker
+    on_path.send_to(&genuine, relay_in).unwrap();
+    for seq in 40..50 {
+        on_path
             .send_to(&protect(&mut forger, &rtp(0x6666, seq)), relay_in)
             .unwrap();
     }
     assert_silent(&callee, "attacker after the latch");
     let after = rule_view(&t, relay_in);
-    assert_eq!(drops(&after, "xdp", "bad_source"), 11, "{after:#}");
+    assert_eq!(drops(&after, "xdp", "bad_source"), 20 + 11, "{after:#}");
     assert_eq!(packets(&after, "userspace"), user, "{after:#}");
 
     call(
