@@ -152,7 +152,9 @@ fn run() -> Result<()> {
             spoof.send_to(&rtp, ("192.0.2.1", port))?;
         }
     }
-    step("and forges SRTP toward the relay's outside ports, spoofing the service's media address");
+    step(
+        "and forges SRTP toward the relay's outside ports with the service's exact media address and port, from the edge interface",
+    );
     let forger = Topology::spoofing_socket(
         &t.attacker,
         &format!("198.51.100.10:{SRTP_SERVICE_MEDIA_PORT}"),
@@ -168,7 +170,9 @@ fn run() -> Result<()> {
     step("what the relay dropped, by reason: `relayctl counters`");
     print!("{}", relayctl(&t, &["counters"])?);
 
-    step("per flow: `relayctl flows` (auth = forged SRTP dropped after failing authentication)");
+    step(
+        "per flow: `relayctl flows` (src = spoofed or forged: wrong address, port or interface; each rule only takes packets from the device its relay address lives on)",
+    );
     print!("{}", relayctl(&t, &["flows"])?);
 
     step("waiting for the PBX to hang up");
@@ -193,7 +197,7 @@ fn run() -> Result<()> {
     println!(
         "    {CALLS} calls from the PBX (UDP) to the TLS-only service, media anchored on the relay;\n    \
          {} packets forwarded in XDP, {} transcrypted by the userspace forwarder (plain <-> SRTP, both directions);\n    \
-         {} unsolicited packets dropped in the driver, {} spoofed packets dropped, {} forged SRTP packets dropped;\n    \
+         {} unsolicited packets dropped in the driver, {} spoofed or forged packets dropped as bad sources, {} SRTP packets failed authentication;\n    \
          every call ended, every rule and port released. Cleaning up.",
         counters["xdp"]["xdp_redirect"].as_u64().unwrap_or(0)
             + counters["xdp"]["xdp_tx"].as_u64().unwrap_or(0),
