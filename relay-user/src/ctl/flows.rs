@@ -261,26 +261,15 @@ mod tests {
 
     use super::*;
     use crate::{
-        dataplane::{RuleView, view::StatsView},
+        dataplane::{
+            RuleView,
+            view::{StatsView, tests::forward_rule},
+        },
         media::RuleContext,
-        rule::{Path, Rule},
     };
 
     fn flow(id: u64, local: &str, packets: u64, drops: u64, idle_ms: Option<u64>) -> FlowView {
-        let rule = Rule {
-            id,
-            local: local.parse().unwrap(),
-            policy: Policy::Strict,
-            peer: Some("192.0.2.10:4000".parse().unwrap()),
-            latch_window_ms: 0,
-            out_src: "198.51.100.1:40000".parse().unwrap(),
-            dst: "198.51.100.10:5000".parse().unwrap(),
-            path: Path::Forward,
-            rate_pps: 0,
-            burst: 0,
-            clock_rate: 8000,
-            srtp: None,
-        };
+        let rule = forward_rule(id, local);
         let mut d = BTreeMap::new();
         d.insert("bad_source".to_string(), drops);
         FlowView {

@@ -8,17 +8,7 @@ pub fn count(n: u64) -> String {
         (1_000_000, "M"),
         (1_000, "k"),
     ];
-    for (size, unit) in UNITS {
-        if n >= size {
-            let v = n as f64 / size as f64;
-            return if v >= 100.0 {
-                format!("{v:.0}{unit}")
-            } else {
-                format!("{v:.1}{unit}")
-            };
-        }
-    }
-    n.to_string()
+    scaled(n, &UNITS).unwrap_or_else(|| n.to_string())
 }
 
 /// Bytes in binary units: 512B, 1.5K, 20M.
@@ -29,17 +19,19 @@ pub fn bytes(n: u64) -> String {
         (1 << 20, "M"),
         (1 << 10, "K"),
     ];
-    for (size, unit) in UNITS {
-        if n >= size {
-            let v = n as f64 / size as f64;
-            return if v >= 100.0 {
-                format!("{v:.0}{unit}")
-            } else {
-                format!("{v:.1}{unit}")
-            };
-        }
-    }
-    format!("{n}B")
+    scaled(n, &UNITS).unwrap_or_else(|| format!("{n}B"))
+}
+
+/// `n` in the largest of `units` (largest first) it reaches, with one
+/// decimal below 100 of it; None below the smallest unit.
+fn scaled(n: u64, units: &[(u64, &str)]) -> Option<String> {
+    let &(size, unit) = units.iter().find(|(size, _)| n >= *size)?;
+    let v = n as f64 / size as f64;
+    Some(if v >= 100.0 {
+        format!("{v:.0}{unit}")
+    } else {
+        format!("{v:.1}{unit}")
+    })
 }
 
 /// A rate: "-" when unknown, else one decimal below 100.

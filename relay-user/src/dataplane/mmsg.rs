@@ -54,23 +54,10 @@ impl Batch {
     /// Receives up to [`BATCH`] datagrams without blocking; returns how
     /// many (`WouldBlock` when none).
     pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
-        let base = self.bufs.as_mut_ptr();
         for i in 0..BATCH {
-            self.iovs[i] = libc::iovec {
-                // SAFETY: i * SLOT < bufs.len(), so the pointer stays inside
-                // the allocation.
-                iov_base: unsafe { base.add(i * SLOT) }.cast(),
-                iov_len: SLOT - TAG_ROOM,
-            };
-            let h = &mut self.hdrs[i];
-            h.msg_hdr.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
-            h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-            h.msg_hdr.msg_iov = &mut self.iovs[i];
-            h.msg_hdr.msg_iovlen = 1;
-            h.msg_hdr.msg_control = std::ptr::null_mut();
-            h.msg_hdr.msg_controllen = 0;
-            h.msg_hdr.msg_flags = 0;
-            h.msg_len = 0;
+            let name: *mut libc::sockaddr_storage = &mut self.addrs[i];
+            let name_len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            self.set_header(i, i, SLOT - TAG_ROOM, name, name_len);
         }
         // SAFETY: every header points at its own address slot and iovec,
         // which point into `bufs`; all live as long as `self`, and the
@@ -124,22 +111,8 @@ impl Batch {
         // SAFETY: as in `new`.
         let mut to: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
         let to_len = sockaddr_from(dst, &mut to);
-        let base = self.bufs.as_mut_ptr();
         for (k, &(slot, len)) in items[..n].iter().enumerate() {
-            self.iovs[k] = libc::iovec {
-                // SAFETY: slot < BATCH and len <= SLOT: inside `bufs`.
-                iov_base: unsafe { base.add(slot * SLOT) }.cast(),
-                iov_len: len.min(SLOT),
-            };
-            let h = &mut self.hdrs[k];
-            h.msg_hdr.msg_name = (&mut to as *mut libc::sockaddr_storage).cast();
-            h.msg_hdr.msg_namelen = to_len;
-            h.msg_hdr.msg_iov = &mut self.iovs[k];
-            h.msg_hdr.msg_iovlen = 1;
-            h.msg_hdr.msg_control = std::ptr::null_mut();
-            h.msg_hdr.msg_controllen = 0;
-            h.msg_hdr.msg_flags = 0;
-            h.msg_len = 0;
+            self.set_header(k, slot, len.min(SLOT), &mut to, to_len);
         }
         // SAFETY: the first n headers point at `to` (alive until the call
         // returns) and at iovecs into `bufs`; the kernel only reads them.
@@ -155,6 +128,38 @@ impl Batch {
             return Err(io::Error::last_os_error());
         }
         Ok(sent as usize)
+    }
+
+    /// Points header `k` (and iovec `k`) at `len` bytes of slot `slot` and
+    /// at the address `name` of `name_len` bytes, with every field the
+    /// kernel may have written on the last call reset. Both system calls
+    /// need the same one-buffer, no-control-data header; they differ only
+    /// in which slot, how long, and where the address lives.
+    fn set_header(
+        &mut self,
+        k: usize,
+        slot: usize,
+        len: usize,
+        name: *mut libc::sockaddr_storage,
+        name_len: libc::socklen_t,
+    ) {
+        debug_assert!(slot < BATCH && len <= SLOT);
+        self.iovs[k] = libc::iovec {
+            // SAFETY: callers pass slot < BATCH, so slot * SLOT < bufs.len()
+            // and the pointer stays inside the allocation; with len <= SLOT
+            // the iovec ends inside it too.
+            iov_base: unsafe { self.bufs.as_mut_ptr().add(slot * SLOT) }.cast(),
+            iov_len: len,
+        };
+        let h = &mut self.hdrs[k];
+        h.msg_hdr.msg_name = name.cast();
+        h.msg_hdr.msg_namelen = name_len;
+        h.msg_hdr.msg_iov = &mut self.iovs[k];
+        h.msg_hdr.msg_iovlen = 1;
+        h.msg_hdr.msg_control = std::ptr::null_mut();
+        h.msg_hdr.msg_controllen = 0;
+        h.msg_hdr.msg_flags = 0;
+        h.msg_len = 0;
     }
 }
 

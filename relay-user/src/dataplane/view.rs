@@ -261,16 +261,18 @@ fn kernel_map(k: &[u64; COUNTERS]) -> BTreeMap<String, u64> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use relay_common::quality::rtp_arrived;
 
     use super::*;
     use crate::rule::{Path, Policy};
 
-    fn rule() -> Rule {
+    /// A plain strict forward rule with a fixed peer and destination: the
+    /// rule behind the views tested here and in `ctl::flows`.
+    pub(crate) fn forward_rule(id: u64, local: &str) -> Rule {
         Rule {
-            id: 1,
-            local: "192.0.2.1:30000".parse().unwrap(),
+            id,
+            local: local.parse().unwrap(),
             policy: Policy::Strict,
             peer: Some("192.0.2.10:4000".parse().unwrap()),
             latch_window_ms: 0,
@@ -282,6 +284,10 @@ mod tests {
             clock_rate: 8000,
             srtp: None,
         }
+    }
+
+    fn rule() -> Rule {
+        forward_rule(1, "192.0.2.1:30000")
     }
 
     /// A state that received `seqs` 20 ms apart, each arrival 2 ms late on

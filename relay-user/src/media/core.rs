@@ -258,29 +258,10 @@ impl MediaCore {
                 )
             })
             .collect::<Result<Vec<_>, _>>()?;
-        for (m, neg) in media.iter().zip(&negotiated) {
-            let sides = &mut call.streams[m.index].sides;
-            update_side(&mut sides[from], m, parsed.format_clock_rates(m));
-            sides[from].srtp = neg.from.clone();
-            sides[to].srtp = neg.to.clone();
-        }
         call.pending_offer = Some(from);
         call.last_offerer = from;
         call.touched_ns = o.now_ns;
-        let rewrite = Rewrite {
-            addr: call.legs[to].address,
-            media: media
-                .iter()
-                .zip(negotiated)
-                .map(|(m, neg)| MediaRewrite {
-                    proto: neg.proto,
-                    crypto: neg.crypto,
-                    ..side_rewrite(m, &call.streams[m.index].sides[to])
-                })
-                .collect(),
-            strip_ice: true,
-        };
-        let sdp = parsed.rewrite(&rewrite)?;
+        let sdp = record_and_rewrite(call, parsed, media, negotiated, from, from)?;
         let changes = self.sync_rules(o.call_id);
         Ok(Outcome { sdp, changes })
     }
@@ -337,29 +318,10 @@ impl MediaCore {
                 )
             })
             .collect::<Result<Vec<_>, _>>()?;
-        for (m, neg) in media.iter().zip(&negotiated) {
-            let sides = &mut call.streams[m.index].sides;
-            update_side(&mut sides[answerer], m, parsed.format_clock_rates(m));
-            sides[answerer].srtp = neg.to.clone();
-            sides[offerer].srtp = neg.from.clone();
-        }
         call.pending_offer = None;
         call.answered = true;
         call.touched_ns = a.now_ns;
-        let rewrite = Rewrite {
-            addr: call.legs[offerer].address,
-            media: media
-                .iter()
-                .zip(negotiated)
-                .map(|(m, neg)| MediaRewrite {
-                    proto: neg.proto,
-                    crypto: neg.crypto,
-                    ..side_rewrite(m, &call.streams[m.index].sides[offerer])
-                })
-                .collect(),
-            strip_ice: true,
-        };
-        let sdp = parsed.rewrite(&rewrite)?;
+        let sdp = record_and_rewrite(call, &parsed, &media, negotiated, offerer, answerer)?;
         let changes = self.sync_rules(a.call_id);
         Ok(Outcome { sdp, changes })
     }
@@ -561,6 +523,42 @@ fn update_side(side: &mut Side, m: &sdp::Media, formats: Vec<(String, u32)>) {
         Some((port, None)) => SocketAddr::new(addr, port),
         None => SocketAddr::new(addr, m.port.wrapping_add(1)),
     });
+}
+
+/// What an offer and an answer end with alike: the SDP `sender` sent is
+/// recorded on its side of every stream, the negotiated SRTP on both sides
+/// ([`SrtpStep::from`] is always the offerer's, `to` the answerer's), and
+/// the SDP is rewritten for the other leg, toward that leg's relay ports.
+fn record_and_rewrite(
+    call: &mut Call,
+    parsed: &sdp::Sdp,
+    media: &[sdp::Media],
+    negotiated: Vec<SrtpStep>,
+    offerer: usize,
+    sender: usize,
+) -> Result<String, SdpError> {
+    let answerer = 1 - offerer;
+    let receiver = 1 - sender;
+    for (m, neg) in media.iter().zip(&negotiated) {
+        let sides = &mut call.streams[m.index].sides;
+        update_side(&mut sides[sender], m, parsed.format_clock_rates(m));
+        sides[offerer].srtp = neg.from.clone();
+        sides[answerer].srtp = neg.to.clone();
+    }
+    let rewrite = Rewrite {
+        addr: call.legs[receiver].address,
+        media: media
+            .iter()
+            .zip(negotiated)
+            .map(|(m, neg)| MediaRewrite {
+                proto: neg.proto,
+                crypto: neg.crypto,
+                ..side_rewrite(m, &call.streams[m.index].sides[receiver])
+            })
+            .collect(),
+        strip_ice: true,
+    };
+    parsed.rewrite(&rewrite)
 }
 
 /// How one m-line is rewritten toward a leg: that leg's relay ports.

@@ -137,6 +137,32 @@ impl Call {
             Side::B => self.b.remote_tag.clone().unwrap_or_default(),
         }
     }
+
+    /// Gives the media core the answer `sdp` to the offer `offerer` made;
+    /// returns the SDP to send on to `offerer`.
+    fn answer_media(
+        &self,
+        relay: &mut Relay,
+        offerer: Side,
+        sdp: &str,
+    ) -> Result<String, RelayError> {
+        relay.answer(&Answer {
+            call_id: &self.media_id,
+            from_tag: &self.media_tag(offerer),
+            to_tag: &self.media_tag(offerer.other()),
+            sdp,
+            to_policy: None,
+            now_ns: crate::dataplane::monotonic_ns(),
+        })
+    }
+
+    /// The callee's 1xx or 2xx (`code`, `reason`) to the caller's INVITE
+    /// `invite`, in the caller's dialog: our To tag and our Contact.
+    fn caller_response(&self, invite: &SipMessage, code: u16, reason: &str) -> SipMessage {
+        let mut r = response_for(invite, code, reason, Some(&self.a.local_tag));
+        r.add_header("Contact", &self.a.contact());
+        r
+    }
 }
 
 /// A relayed request's bookkeeping, taken out of [`Pending::Relay`].
@@ -708,19 +734,7 @@ impl B2bua {
             (!msg.body().is_empty()).then(|| String::from_utf8_lossy(msg.body()).into_owned());
         let mut a_sdp = None;
         if let Some(sdp) = sdp.filter(|_| code < 300) {
-            let (media_id, a_tag, b_tag) = (
-                call.media_id.clone(),
-                call.media_tag(Side::A),
-                call.media_tag(Side::B),
-            );
-            match relay.answer(&Answer {
-                call_id: &media_id,
-                from_tag: &a_tag,
-                to_tag: &b_tag,
-                sdp: &sdp,
-                to_policy: None,
-                now_ns: crate::dataplane::monotonic_ns(),
-            }) {
+            match call.answer_media(relay, Side::A, &sdp) {
                 Ok(s) => a_sdp = Some(s),
                 Err(e) => warn!(call = id, error = %e, "the callee's SDP was refused"),
             }
@@ -732,13 +746,7 @@ impl B2bua {
         let mut out = Vec::new();
         match code {
             101..=199 => {
-                let mut r = response_for(
-                    &a_req,
-                    code,
-                    msg.reason().unwrap_or(""),
-                    Some(&call.a.local_tag),
-                );
-                r.add_header("Contact", &call.a.contact());
+                let mut r = call.caller_response(&a_req, code, msg.reason().unwrap_or(""));
                 if let Some(s) = a_sdp {
                     r.set_body(Some("application/sdp"), s.into_bytes());
                 }
@@ -747,13 +755,7 @@ impl B2bua {
             200..=299 => {
                 let ack = call.b.ack(1);
                 out.extend(self.tx.ack_2xx(key, ack, call.b.dest).unwrap_or_default());
-                let mut r = response_for(
-                    &a_req,
-                    code,
-                    msg.reason().unwrap_or(""),
-                    Some(&call.a.local_tag),
-                );
-                r.add_header("Contact", &call.a.contact());
+                let mut r = call.caller_response(&a_req, code, msg.reason().unwrap_or(""));
                 match a_sdp {
                     Some(s) => r.set_body(Some("application/sdp"), s.into_bytes()),
                     None => {
@@ -820,14 +822,7 @@ impl B2bua {
         let mut body = None;
         if (200..300).contains(&code) && p.has_sdp && !msg.body().is_empty() {
             let sdp = String::from_utf8_lossy(msg.body()).into_owned();
-            match relay.answer(&Answer {
-                call_id: &call.media_id,
-                from_tag: &call.media_tag(p.from),
-                to_tag: &call.media_tag(to),
-                sdp: &sdp,
-                to_policy: None,
-                now_ns: crate::dataplane::monotonic_ns(),
-            }) {
+            match call.answer_media(relay, p.from, &sdp) {
                 Ok(s) => body = Some(s),
                 Err(e) => warn!(call = p.call, error = %e, "re-INVITE answer refused"),
             }

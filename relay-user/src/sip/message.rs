@@ -1,6 +1,5 @@
 //! SIP messages (RFC 3261) without I/O: [`parse`] with a size limit and
-//! errors that say what is wrong, [`frame_stream`] for TCP/TLS framing that
-//! agrees with [`parse`] byte for byte, the accessors the transaction layer
+//! errors that say what is wrong, the accessors the transaction layer
 //! and the B2BUA read, [`response_for`] (RFC 3261 8.2.6), [`cancel_for`]
 //! (9.1), [`ack_for_non2xx`] (17.1.1.3), identifiers from the OS CSPRNG
 //! ([`new_branch`], [`new_tag`], [`new_call_id`]), serialization
@@ -93,8 +92,6 @@ pub enum ParseError {
     BadHeader { name: &'static str, what: String },
     #[error("Content-Length is {declared} but only {available} body bytes follow")]
     BodyTruncated { declared: usize, available: usize },
-    #[error("no Content-Length on a stream transport (RFC 3261 18.3)")]
-    MissingContentLength,
 }
 
 /// A SIP request or response: the start line, the headers and the body.
@@ -511,8 +508,9 @@ impl fmt::Display for SipMessage {
     }
 }
 
-/// Parses one message (a datagram, or a stream message cut by
-/// [`frame_stream`]) and checks what every message needs: Via (top one
+/// Parses one message (a datagram, or a stream message cut by the
+/// transport's [`StreamFramer`](super::transport::framing::StreamFramer),
+/// the one place that finds message boundaries on TCP and TLS) and checks what every message needs: Via (top one
 /// parseable), From, To, Call-ID, CSeq (its method equal to a request's
 /// method), Max-Forwards well-formed when present. Never panics.
 pub fn parse(bytes: &[u8], max_size: usize) -> Result<SipMessage, ParseError> {
@@ -612,64 +610,6 @@ pub fn validate(msg: &SipMessage) -> Result<(), ParseError> {
         });
     }
     Ok(())
-}
-
-/// What [`frame_stream`] found at the start of a stream buffer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Frame {
-    /// Not enough bytes yet.
-    Incomplete,
-    /// This many bytes of CRLF keep-alive (RFC 5626 4.4.1) to discard.
-    KeepAlive(usize),
-    /// A complete message is the first this many bytes: pass them to [`parse`].
-    Message(usize),
-}
-
-/// Cuts the next message from a TCP/TLS stream buffer (RFC 3261 18.3:
-/// Content-Length is mandatory on streams). Uses the same head scan and
-/// Content-Length rule as [`parse`], so both agree on where a message
-/// ends. An error means the stream cannot be resynchronised: close it.
-pub fn frame_stream(buf: &[u8], max_size: usize) -> Result<Frame, ParseError> {
-    let crlfs = leading_crlfs(buf);
-    if crlfs > 0 {
-        return Ok(Frame::KeepAlive(crlfs));
-    }
-    if buf == b"\r" || buf.is_empty() {
-        return Ok(Frame::Incomplete);
-    }
-    let window = &buf[..buf.len().min(max_size)];
-    let Some(head_end) = find_head_end(window) else {
-        return if buf.len() >= max_size {
-            Err(ParseError::TooLarge {
-                len: buf.len(),
-                max: max_size,
-            })
-        } else {
-            Ok(Frame::Incomplete)
-        };
-    };
-    let lines = split_head(&buf[..head_end])?;
-    let mut lengths = Vec::new();
-    for (n, text) in lines.iter().skip(1) {
-        let (name, value) = split_header_line(*n, text)?;
-        if Name::from(name.to_string()) == Name::CONTENT_LENGTH {
-            lengths.push(value);
-        }
-    }
-    let declared =
-        content_length_of(lengths.into_iter())?.ok_or(ParseError::MissingContentLength)?;
-    let total = head_end + 4 + declared;
-    if total > max_size {
-        return Err(ParseError::TooLarge {
-            len: total,
-            max: max_size,
-        });
-    }
-    Ok(if buf.len() >= total {
-        Frame::Message(total)
-    } else {
-        Frame::Incomplete
-    })
 }
 
 /// A response to `request` per RFC 3261 8.2.6: the Via values (in order),

@@ -110,15 +110,7 @@ impl Context {
         // plain-RTP source that wraps, reorders or restarts is followed; an
         // index used before is refused (libsrtp does the same), since
         // encrypting different data under it would reuse the keystream.
-        let stream = self.rtp_streams.get(ssrc);
-        let index = match stream {
-            Some(w) => {
-                let index = estimate_index(w.highest(), seq)?;
-                w.check(index)?;
-                index
-            }
-            None => u64::from(seq),
-        };
+        let index = self.rtp_streams.rtp_index(ssrc, seq)?;
         let roc = (index >> 16) as u32;
         match &self.rtp {
             Transform::Cm {
@@ -157,15 +149,7 @@ impl Context {
         let auth_end = buf.len() - tag_len;
         let header = rtp_header_len(buf.get(..auth_end).ok_or(Error::TooShort)?)?;
         let (seq, ssrc) = rtp_seq_ssrc(buf)?;
-        let index = match self.rtp_streams.get(ssrc) {
-            Some(w) => {
-                let index = estimate_index(w.highest(), seq)?;
-                w.check(index)?;
-                index
-            }
-            // A new SSRC starts with ROC 0 (RFC 3711 section 3.3.1).
-            None => u64::from(seq),
-        };
+        let index = self.rtp_streams.rtp_index(ssrc, seq)?;
         let roc = (index >> 16) as u32;
         match &self.rtp {
             Transform::Cm {
@@ -426,6 +410,22 @@ impl Streams {
         self.find(ssrc)
             .and_then(|i| self.slots.get(i))
             .map(|s| &s.1)
+    }
+
+    /// The SRTP index of packet `seq` of `ssrc`, estimated from the highest
+    /// index so far (RFC 3711 appendix A), and refused when it was seen
+    /// already or is older than the replay window. A new SSRC starts with
+    /// ROC 0 (section 3.3.1). For sender and receiver alike; nothing changes
+    /// until [`Self::accept`].
+    fn rtp_index(&mut self, ssrc: u32, seq: u16) -> Result<u64, Error> {
+        match self.get(ssrc) {
+            Some(w) => {
+                let index = estimate_index(w.highest(), seq)?;
+                w.check(index)?;
+                Ok(index)
+            }
+            None => Ok(u64::from(seq)),
+        }
     }
 
     fn accept(&mut self, ssrc: u32, index: u64) {

@@ -11,6 +11,13 @@
 //!   an RFC 5626 keep-alive ping, answered with a single CRLF (pong).
 //! - Nothing larger than `max_message_size` is buffered: a header that does
 //!   not end within the limit, or a declared length beyond it, is an error.
+//! - Only the length is read here: every message cut is then checked whole
+//!   by [`crate::sip::message::parse`], whose tests also hold the two to
+//!   the same boundaries. A `Content-Length` folded onto a continuation
+//!   line (legal, RFC 3261 7.3.1, sent by no known peer) is refused, though
+//!   `parse` would read it.
+//!
+//! This is the one stream framer of the relay; `sip::message` has none.
 
 use bytes::{Buf, Bytes, BytesMut};
 
