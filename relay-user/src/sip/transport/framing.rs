@@ -13,9 +13,8 @@
 //!   not end within the limit, or a declared length beyond it, is an error.
 //! - Only the length is read here: every message cut is then checked whole
 //!   by [`crate::sip::message::parse`], whose tests also hold the two to
-//!   the same boundaries. A `Content-Length` folded onto a continuation
-//!   line (legal, RFC 3261 7.3.1, sent by no known peer) is refused, though
-//!   `parse` would read it.
+//!   the same boundaries, including a `Content-Length` folded onto
+//!   continuation lines (RFC 3261 7.3.1).
 //!
 //! This is the one stream framer of the relay; `sip::message` has none.
 
@@ -144,10 +143,12 @@ fn trim(s: &[u8]) -> &[u8] {
 /// The Content-Length of a header block (start line first). Repeated
 /// headers must agree.
 fn content_length(head: &[u8]) -> Result<usize, FrameError> {
+    let continues = |line: &[u8]| line.first().is_some_and(|b| *b == b' ' || *b == b'\t');
     let mut found: Option<usize> = None;
-    for line in head.split(|&b| b == b'\n').skip(1) {
+    let mut lines = head.split(|&b| b == b'\n').skip(1).peekable();
+    while let Some(line) = lines.next() {
         // Continuation lines belong to the header above: never a new name.
-        if line.first().is_some_and(|b| *b == b' ' || *b == b'\t') {
+        if continues(line) {
             continue;
         }
         let Some(colon) = line.iter().position(|&b| b == b':') else {
@@ -157,7 +158,13 @@ fn content_length(head: &[u8]) -> Result<usize, FrameError> {
         if !(name.eq_ignore_ascii_case(b"content-length") || name.eq_ignore_ascii_case(b"l")) {
             continue;
         }
-        let value = trim(&line[colon + 1..]);
+        // RFC 3261 7.3.1: the value may go on over continuation lines.
+        let mut value = trim(&line[colon + 1..]).to_vec();
+        while let Some(more) = lines.next_if(|l| continues(l)) {
+            value.push(b' ');
+            value.extend_from_slice(trim(more));
+        }
+        let value = trim(&value);
         let shown = || String::from_utf8_lossy(&value[..value.len().min(40)]).into_owned();
         if value.is_empty() || value.len() > 9 || !value.iter().all(u8::is_ascii_digit) {
             return Err(FrameError::BadContentLength(format!("{:?}", shown())));
