@@ -472,12 +472,23 @@ impl B2bua {
         self.respond(key, msg, 481, "Call/Transaction Does Not Exist", None, now)
     }
 
-    /// Our first listening address of a transport, for Via and Contact.
-    fn local_for(&self, transport: TransportKind) -> Option<SocketAddr> {
-        self.local
+    /// Our address for Via and Contact toward `peer` over `transport`.
+    fn local_for(&self, transport: TransportKind, peer: IpAddr) -> Option<SocketAddr> {
+        let mine: Vec<SocketAddr> = self
+            .local
             .iter()
-            .find(|(k, _)| *k == transport)
+            .filter(|(k, a)| {
+                *k == transport && (a.is_ipv4() == peer.is_ipv4() || a.ip().is_unspecified())
+            })
             .map(|(_, a)| *a)
+            .collect();
+        let needs_route = mine.len() > 1 || mine.iter().any(|a| a.ip().is_unspecified());
+        // The one I/O of the B2BUA (a routing lookup, no packet), only
+        // when the choice needs it.
+        let source = needs_route
+            .then(|| super::transport::route_source(peer))
+            .flatten();
+        choose_local(&mine, source)
     }
 
     fn rate_ok(&mut self, ip: IpAddr, now: Instant) -> bool {
@@ -547,8 +558,8 @@ impl B2bua {
         let Some(b_dest) = b_cfg.dest() else {
             return self.respond(&key, &msg, 503, "Trunk Unresolved", None, now);
         };
-        let b_local = self.local_for(b_cfg.transport);
-        let a_local = self.local_for(from.transport);
+        let b_local = self.local_for(b_cfg.transport, b_dest.addr.ip());
+        let a_local = self.local_for(from.transport, from.addr.ip());
         let (Some(b_local), Some(a_local)) = (b_local, a_local) else {
             return self.respond(&key, &msg, 500, "No Listener", None, now);
         };
@@ -1102,7 +1113,10 @@ impl B2bua {
         };
         let interval = trunk.options_interval.unwrap_or(Duration::from_secs(30));
         self.trunk_state[i].next_ping = Some(now + interval);
-        let (Some(dest), Some(local)) = (trunk.dest(), self.local_for(trunk.transport)) else {
+        let Some(dest) = trunk.dest() else {
+            return Vec::new();
+        };
+        let Some(local) = self.local_for(trunk.transport, dest.addr.ip()) else {
             return Vec::new();
         };
         let mut d = Dialog {
@@ -1184,6 +1198,23 @@ fn count_response(stats: &mut SipStats, bytes: &[u8]) {
     }
 }
 
+/// Which of our listeners (of one transport) a peer should see in Via and
+/// Contact: the one on the address the routing table sends from toward it
+/// (`source`), else one bound to the unspecified address (named by that
+/// source), else the first. With one listener per transport that is it;
+/// with an inside and an outside listener each side gets its own.
+fn choose_local(mine: &[SocketAddr], source: Option<IpAddr>) -> Option<SocketAddr> {
+    if let Some(ip) = source {
+        if let Some(a) = mine.iter().find(|a| a.ip().to_canonical() == ip) {
+            return Some(*a);
+        }
+        if let Some(a) = mine.iter().find(|a| a.ip().is_unspecified()) {
+            return Some(SocketAddr::new(ip, a.port()));
+        }
+    }
+    mine.first().copied()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1199,5 +1230,25 @@ mod tests {
         assert_eq!(s.setup_quantile_us(0.5), Some(512));
         assert_eq!(s.setup_quantile_us(0.8), Some(1024));
         assert_eq!(s.setup_quantile_us(1.0), Some(8192));
+    }
+
+    #[test]
+    fn via_and_contact_name_the_listener_facing_the_peer() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let (inside, outside) = (a("192.0.2.1:5060"), a("198.51.100.1:5060"));
+        let both = [inside, outside];
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        assert_eq!(choose_local(&both, ip("198.51.100.1")), Some(outside));
+        assert_eq!(choose_local(&both, ip("192.0.2.1")), Some(inside));
+        // No route known, or a source that is none of ours: the first.
+        assert_eq!(choose_local(&both, None), Some(inside));
+        assert_eq!(choose_local(&both, ip("203.0.113.1")), Some(inside));
+        // A wildcard listener is named by the route's source.
+        let any = [a("0.0.0.0:5060")];
+        assert_eq!(
+            choose_local(&any, ip("198.51.100.1")),
+            Some(a("198.51.100.1:5060"))
+        );
+        assert_eq!(choose_local(&[], ip("198.51.100.1")), None);
     }
 }

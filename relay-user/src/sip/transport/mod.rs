@@ -869,6 +869,19 @@ fn fits(local: SocketAddr, to: SocketAddr) -> bool {
     }
 }
 
+/// The source address the routing table picks toward `to`: a connected,
+/// never used UDP socket tells; nothing is sent.
+pub fn route_source(to: IpAddr) -> Option<IpAddr> {
+    let probe_bind: SocketAddr = match to {
+        IpAddr::V4(_) => (IpAddr::from([0u8; 4]), 0).into(),
+        IpAddr::V6(_) => (IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0).into(),
+    };
+    std::net::UdpSocket::bind(probe_bind)
+        .and_then(|s| s.connect((to, 9)).and_then(|()| s.local_addr()))
+        .map(|a| a.ip().to_canonical())
+        .ok()
+}
+
 /// The UDP socket to send a new request from: the only one that fits, or
 /// the one bound to the address the kernel would use as source towards
 /// `to`, or one bound to the unspecified address, or the first that fits.
@@ -877,17 +890,7 @@ fn pick_udp(locals: &[SocketAddr], to: SocketAddr) -> Option<usize> {
     if fitting.len() <= 1 {
         return fitting.first().copied();
     }
-    // A connected, never used UDP socket tells which source the routing
-    // table picks; nothing is sent.
-    let probe_bind: SocketAddr = match to {
-        SocketAddr::V4(_) => (IpAddr::from([0u8; 4]), 0).into(),
-        SocketAddr::V6(_) => (IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0).into(),
-    };
-    let source = std::net::UdpSocket::bind(probe_bind)
-        .and_then(|s| s.connect(to).and_then(|()| s.local_addr()))
-        .map(|a| a.ip().to_canonical())
-        .ok();
-    source
+    route_source(to.ip())
         .and_then(|ip| {
             fitting
                 .iter()
