@@ -195,11 +195,11 @@ fn scenario(mode: &str) {
         "spoofed packets dropped as bad_source: {bad_source}"
     );
     assert!(rule_on(&t, "192.0.2.1:30000").drops(DropReason::BadSource) >= 50);
-    if mode == "xdp" {
+    {
         // The caller's exact address and port, forged on the edge interface:
-        // the rule is bound to the inside device. (The userspace forwarder
-        // does not see the ingress device; it relies on the kernel's
-        // rp_filter, which test namespaces leave off.)
+        // the rule is bound to the inside device (XDP reads the ingress
+        // device from its context, the forwarder from IP_PKTINFO; the
+        // kernel's rp_filter, off in test namespaces, would not stop it).
         let before = rule_on(&t, "192.0.2.1:30000").drops(DropReason::BadSource);
         let forger = Topology::spoofing_socket(&t.attacker, "192.0.2.10:4000").unwrap();
         for seq in 0..25 {

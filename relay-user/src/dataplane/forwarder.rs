@@ -1,5 +1,6 @@
-//! The userspace forwarder: the same rules, source policies, sanity checks,
-//! rate limits and counters as the XDP program, on ordinary UDP sockets.
+//! The userspace forwarder: the same rules, ingress device binding, source
+//! policies, sanity checks, rate limits and counters as the XDP program, on
+//! ordinary UDP sockets (`IP_PKTINFO` tells each datagram's device).
 //!
 //! It holds a socket on every relay endpoint a rule uses. With XDP attached it
 //! sees only what the program passes up (neighbour unresolved, VLAN, address
@@ -27,6 +28,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
+use nix::sys::socket::{setsockopt, sockopt};
 use relay_common::{
     DROP_REASONS, DropReason, FlowRule, FlowState, FlowStats,
     policy::{self, SourceCheck},
@@ -193,6 +195,13 @@ impl Forwarder {
         let std_socket = std::net::UdpSocket::bind(addr)
             .with_context(|| format!("binding relay endpoint {addr}"))?;
         std_socket.set_nonblocking(true)?;
+        // Each datagram says which device it came in on: a rule takes
+        // packets only from its interface's device, as in XDP.
+        match addr {
+            SocketAddr::V4(_) => setsockopt(&std_socket, sockopt::Ipv4PacketInfo, &true),
+            SocketAddr::V6(_) => setsockopt(&std_socket, sockopt::Ipv6RecvPacketInfo, &true),
+        }
+        .with_context(|| format!("asking for the arrival device on {addr}"))?;
         let socket = Arc::new(UdpSocket::from_std(std_socket)?);
         let task = tokio::spawn(serve(socket.clone(), addr, self.shared.clone()));
         self.endpoints.insert(
@@ -302,9 +311,16 @@ fn receive(socket: &UdpSocket, local: SocketAddr, shared: &Shared, b: &mut Batch
                 count_drop(shared, DropReason::Malformed);
                 continue;
             };
-            if let Some((out, dst, len)) =
-                decide(&mut entries, shared, local, from, b.slot_mut(i), len, now)
-            {
+            let ingress = b.ingress(i);
+            if let Some((out, dst, len)) = decide(
+                &mut entries,
+                shared,
+                local,
+                (from, ingress),
+                b.slot_mut(i),
+                len,
+                now,
+            ) {
                 items[k] = (i, len);
                 k += 1;
                 route = Some((out, dst));
@@ -348,7 +364,7 @@ fn decide(
     entries: &mut HashMap<SocketAddr, Entry>,
     shared: &Shared,
     local: SocketAddr,
-    from: SocketAddr,
+    (from, ingress): (SocketAddr, Option<u32>),
     buf: &mut [u8],
     len: usize,
     now: u64,
@@ -357,7 +373,7 @@ fn decide(
         count_drop(shared, DropReason::NoFlow);
         return None;
     };
-    let verdict = check(entry, from, buf, len, now);
+    let verdict = check(entry, (from, ingress), buf, len, now);
     match verdict {
         Err(reason) => {
             entry.stats.drops[reason as usize] += 1;
@@ -387,7 +403,7 @@ fn decide(
 /// the packet's after the SRTP step.
 fn check(
     entry: &mut Entry,
-    from: SocketAddr,
+    (from, ingress): (SocketAddr, Option<u32>),
     buf: &mut [u8],
     len: usize,
     now: u64,
@@ -395,6 +411,11 @@ fn check(
     let payload = &buf[..len];
     if entry.rule.path == Path::Block {
         return Err(DropReason::Blocked);
+    }
+    // The kernel always reports the device (the socket asked); a datagram
+    // without it is checked by the rest alone.
+    if let Some(ifindex) = ingress {
+        policy::check_ingress(&entry.kernel, ifindex)?;
     }
     let (first, second) = match payload {
         [a, b, ..] => (*a, *b),

@@ -1,7 +1,7 @@
 //! Loading the XDP program, pinning its maps, attaching it to the relay's
 //! interfaces and detaching it again.
 
-use std::{collections::HashMap as StdHashMap, net::IpAddr, path::Path};
+use std::path::Path;
 
 use anyhow::{Context, Result, anyhow, bail};
 use aya::{
@@ -24,9 +24,6 @@ pub struct Kernel {
     links: Vec<(String, XdpLinkId)>,
     pub maps: FlowMaps,
     events: Option<RingBuf<MapData>>,
-    /// Relay address -> ifindex of its interface's device: the only device
-    /// a rule on that address accepts packets from.
-    ingress: StdHashMap<IpAddr, u32>,
 }
 
 impl Kernel {
@@ -72,7 +69,6 @@ impl Kernel {
         for key in egress.keys().filter_map(Result::ok).collect::<Vec<_>>() {
             egress.remove(key)?;
         }
-        let mut ingress = StdHashMap::new();
         for iface in interfaces {
             let key = AddrKey {
                 addr: rule::addr_of(iface.address),
@@ -83,7 +79,6 @@ impl Kernel {
             };
             addrs.insert(key, range, 0)?;
             let ifindex = ifindex(&iface.device)?;
-            ingress.insert(iface.address, ifindex);
             enable_forwarding(&iface.device, iface.address)?;
             egress
                 .insert(ifindex, ifindex, None, 0)
@@ -117,13 +112,7 @@ impl Kernel {
             links,
             maps,
             events: Some(events),
-            ingress,
         })
-    }
-
-    /// The ifindex a rule on relay address `addr` accepts packets from.
-    pub fn ingress_of(&self, addr: IpAddr) -> u32 {
-        self.ingress.get(&addr).copied().unwrap_or(0)
     }
 
     /// The latch event ring buffer, for one reader.
@@ -234,7 +223,7 @@ fn enable_forwarding(device: &str, address: std::net::IpAddr) -> Result<()> {
     Ok(())
 }
 
-fn ifindex(device: &str) -> Result<u32> {
+pub fn ifindex(device: &str) -> Result<u32> {
     nix::net::if_::if_nametoindex(device).with_context(|| format!("no network device {device:?}"))
 }
 

@@ -5,7 +5,8 @@
 //! A [`Batch`] owns its buffers and headers; it lives in a thread-local of
 //! the worker thread, so idle endpoints hold none. Each slot keeps
 //! `TAG_ROOM` bytes free past the largest datagram it accepts, so SRTP can
-//! append its tag in place.
+//! append its tag in place, and control space for the `IP_PKTINFO` /
+//! `IPV6_PKTINFO` message that says which device the datagram arrived on.
 
 use std::{
     io,
@@ -23,8 +24,18 @@ pub const BATCH: usize = 32;
 /// are dropped as malformed.
 pub const SLOT: usize = crate::srtp::MAX_PACKET + TAG_ROOM;
 
+/// Control bytes per slot: room for one `in6_pktinfo` message (the larger
+/// of the two) with its header, as `CMSG_SPACE` computes it.
+const CONTROL: usize = 64;
+
+/// Control buffers aligned for `cmsghdr`.
+#[repr(C, align(8))]
+#[derive(Clone, Copy)]
+struct Control([u8; CONTROL]);
+
 pub struct Batch {
     bufs: Vec<u8>,
+    controls: Vec<Control>,
     addrs: Vec<libc::sockaddr_storage>,
     iovs: Vec<libc::iovec>,
     hdrs: Vec<libc::mmsghdr>,
@@ -45,6 +56,7 @@ impl Batch {
         let zero_hdr: libc::mmsghdr = unsafe { std::mem::zeroed() };
         Self {
             bufs: vec![0u8; BATCH * SLOT],
+            controls: vec![Control([0; CONTROL]); BATCH],
             addrs: vec![zero_addr; BATCH],
             iovs: vec![zero_iov; BATCH],
             hdrs: vec![zero_hdr; BATCH],
@@ -58,10 +70,14 @@ impl Batch {
             let name: *mut libc::sockaddr_storage = &mut self.addrs[i];
             let name_len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
             self.set_header(i, i, SLOT - TAG_ROOM, name, name_len);
+            let h = &mut self.hdrs[i].msg_hdr;
+            h.msg_control = self.controls[i].0.as_mut_ptr().cast();
+            h.msg_controllen = CONTROL as _;
         }
-        // SAFETY: every header points at its own address slot and iovec,
-        // which point into `bufs`; all live as long as `self`, and the
-        // kernel writes at most iov_len bytes and msg_namelen address bytes.
+        // SAFETY: every header points at its own address slot, control
+        // buffer and iovec, which point into `bufs`; all live as long as
+        // `self`, and the kernel writes at most iov_len bytes, msg_namelen
+        // address bytes and msg_controllen control bytes.
         let n = unsafe {
             libc::recvmmsg(
                 fd,
@@ -85,6 +101,35 @@ impl Batch {
             return (None, 0);
         }
         (sockaddr_to(&self.addrs[i]), h.msg_len as usize)
+    }
+
+    /// The device datagram `i` of the last [`Batch::recv`] arrived on, when
+    /// the socket asked for `IP_PKTINFO` / `IPV6_RECVPKTINFO`.
+    pub fn ingress(&self, i: usize) -> Option<u32> {
+        let h = &self.hdrs[i].msg_hdr;
+        // SAFETY: the CMSG_* macros walk the control buffer of this header,
+        // which the kernel filled (msg_controllen bytes, within CONTROL) and
+        // which stays alive and unchanged while we read it; each payload is
+        // read unaligned as the struct its level and type say it holds.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(h);
+            while !c.is_null() {
+                let data = libc::CMSG_DATA(c);
+                match ((*c).cmsg_level, (*c).cmsg_type) {
+                    (libc::IPPROTO_IP, libc::IP_PKTINFO) => {
+                        let info = data.cast::<libc::in_pktinfo>().read_unaligned();
+                        return u32::try_from(info.ipi_ifindex).ok();
+                    }
+                    (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO) => {
+                        let info = data.cast::<libc::in6_pktinfo>().read_unaligned();
+                        return Some(info.ipi6_ifindex);
+                    }
+                    _ => {}
+                }
+                c = libc::CMSG_NXTHDR(h, c);
+            }
+        }
+        None
     }
 
     /// The whole slot of datagram `i` (the datagram, then room to grow).

@@ -10,8 +10,8 @@ pub mod mmsg;
 pub mod view;
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
-    net::SocketAddr,
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::{IpAddr, SocketAddr},
 };
 
 use anyhow::{Result, bail};
@@ -52,6 +52,21 @@ impl LatchNotice {
     }
 }
 
+/// Each relay address's device index. A device that does not exist (only
+/// possible in userspace mode: XDP attaches to it) binds nothing.
+fn ingress_devices(interfaces: &[Interface]) -> HashMap<IpAddr, u32> {
+    interfaces
+        .iter()
+        .filter_map(|i| match kernel::ifindex(&i.device) {
+            Ok(index) => Some((i.address, index)),
+            Err(e) => {
+                warn!(device = %i.device, error = %format!("{e:#}"), "rules on this interface accept packets from any device");
+                None
+            }
+        })
+        .collect()
+}
+
 /// CLOCK_MONOTONIC in ns: the clock `bpf_ktime_get_ns` reads, so kernel
 /// last-seen times and latch deadlines compare with ours.
 pub fn monotonic_ns() -> u64 {
@@ -63,6 +78,9 @@ pub fn monotonic_ns() -> u64 {
 pub struct Dataplane {
     mode: DataplaneMode,
     interfaces: Vec<Interface>,
+    /// Relay address -> ifindex of its interface's device: the only device
+    /// a rule on that address accepts packets from (both data planes).
+    ingress: HashMap<IpAddr, u32>,
     kernel: Option<Kernel>,
     forwarder: Forwarder,
     rules: BTreeMap<SocketAddr, Rule>,
@@ -91,8 +109,10 @@ impl Dataplane {
             )?),
             DataplaneMode::Userspace => None,
         };
+        let ingress = ingress_devices(&interfaces);
         let mut dp = Self {
             mode,
+            ingress,
             interfaces,
             kernel,
             forwarder: Forwarder::new(events),
@@ -148,15 +168,21 @@ impl Dataplane {
     /// configuration (devices may have been re-created since, or the rule
     /// may predate ingress binding).
     fn rebind_ingress(&mut self, key: &FlowKey, rule: &Rule, krule: &mut FlowRule) -> Result<()> {
+        let ingress = self.ingress_of(rule.local.ip());
         let Some(kernel) = &mut self.kernel else {
             return Ok(());
         };
-        let ingress = kernel.ingress_of(rule.local.ip());
         if krule.ingress_ifindex != ingress {
             krule.ingress_ifindex = ingress;
             kernel.maps.install(key, krule, true, false)?;
         }
         Ok(())
+    }
+
+    /// The ifindex a rule on relay address `addr` accepts packets from
+    /// (0: any).
+    fn ingress_of(&self, addr: IpAddr) -> u32 {
+        self.ingress.get(&addr).copied().unwrap_or(0)
     }
 
     pub fn mode(&self) -> DataplaneMode {
@@ -185,11 +211,7 @@ impl Dataplane {
         let reset = old
             .as_ref()
             .is_none_or(|o| o.policy != rule.policy || o.peer != rule.peer);
-        let ingress = self
-            .kernel
-            .as_ref()
-            .map_or(0, |k| k.ingress_of(rule.local.ip()));
-        let krule = rule.to_kernel(monotonic_ns(), ingress);
+        let krule = rule.to_kernel(monotonic_ns(), self.ingress_of(rule.local.ip()));
         self.forwarder.install(&rule, krule, reset)?;
         // A fallback rule has no kernel entries to keep.
         let in_kernel = old.is_some() && !self.fallback.contains(&rule.local);
