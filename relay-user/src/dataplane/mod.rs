@@ -52,17 +52,57 @@ impl LatchNotice {
     }
 }
 
-/// Each relay address's device index. A device that does not exist (only
+/// The device a rule's packets must arrive on, as each data plane sees it
+/// (0: any).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Ingress {
+    /// The interface's configured device: where XDP runs and reads
+    /// `ingress_ifindex`.
+    xdp: u32,
+    /// What `IP_PKTINFO` reports to the forwarder's sockets: the same
+    /// device when the relay address lives on it. When the address lives on
+    /// another device (a VLAN on top of it, a dummy), the stack reports
+    /// that one for every packet, so it tells nothing: 0.
+    socket: u32,
+}
+
+/// Each relay address's ingress devices. A device that does not exist (only
 /// possible in userspace mode: XDP attaches to it) binds nothing.
-fn ingress_devices(interfaces: &[Interface]) -> HashMap<IpAddr, u32> {
+fn ingress_devices(interfaces: &[Interface]) -> HashMap<IpAddr, Ingress> {
+    let holders = address_holders();
     interfaces
         .iter()
         .filter_map(|i| match kernel::ifindex(&i.device) {
-            Ok(index) => Some((i.address, index)),
+            Ok(xdp) => {
+                let socket = if holders.get(&i.address) == Some(&i.device) {
+                    xdp
+                } else {
+                    0
+                };
+                Some((i.address, Ingress { xdp, socket }))
+            }
             Err(e) => {
                 warn!(device = %i.device, error = %format!("{e:#}"), "rules on this interface accept packets from any device");
                 None
             }
+        })
+        .collect()
+}
+
+/// Which device holds each local address.
+fn address_holders() -> HashMap<IpAddr, String> {
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+        return HashMap::new();
+    };
+    addrs
+        .filter_map(|a| {
+            let sa = a.address?;
+            let ip = match (sa.as_sockaddr_in(), sa.as_sockaddr_in6()) {
+                (Some(v4), _) => IpAddr::V4(v4.ip()),
+                (_, Some(v6)) => IpAddr::V6(v6.ip()),
+                _ => return None,
+            };
+            Some((ip, a.interface_name))
         })
         .collect()
 }
@@ -80,7 +120,7 @@ pub struct Dataplane {
     interfaces: Vec<Interface>,
     /// Relay address -> ifindex of its interface's device: the only device
     /// a rule on that address accepts packets from (both data planes).
-    ingress: HashMap<IpAddr, u32>,
+    ingress: HashMap<IpAddr, Ingress>,
     kernel: Option<Kernel>,
     forwarder: Forwarder,
     rules: BTreeMap<SocketAddr, Rule>,
@@ -144,7 +184,8 @@ impl Dataplane {
                 .and_then(|rule| {
                     self.check_endpoints(&rule)?;
                     self.rebind_ingress(&key, &rule, &mut krule)?;
-                    self.forwarder.install(&rule, krule, false)?;
+                    let urule = self.for_sockets(krule, rule.local.ip());
+                    self.forwarder.install(&rule, urule, false)?;
                     Ok(rule)
                 });
             match adopted {
@@ -168,7 +209,7 @@ impl Dataplane {
     /// configuration (devices may have been re-created since, or the rule
     /// may predate ingress binding).
     fn rebind_ingress(&mut self, key: &FlowKey, rule: &Rule, krule: &mut FlowRule) -> Result<()> {
-        let ingress = self.ingress_of(rule.local.ip());
+        let ingress = self.ingress_of(rule.local.ip()).xdp;
         let Some(kernel) = &mut self.kernel else {
             return Ok(());
         };
@@ -179,10 +220,16 @@ impl Dataplane {
         Ok(())
     }
 
-    /// The ifindex a rule on relay address `addr` accepts packets from
-    /// (0: any).
-    fn ingress_of(&self, addr: IpAddr) -> u32 {
-        self.ingress.get(&addr).copied().unwrap_or(0)
+    /// The devices a rule on relay address `addr` accepts packets from.
+    fn ingress_of(&self, addr: IpAddr) -> Ingress {
+        self.ingress.get(&addr).copied().unwrap_or_default()
+    }
+
+    /// The forwarder's copy of a kernel rule: the ingress device as its
+    /// sockets see it.
+    fn for_sockets(&self, mut krule: FlowRule, addr: IpAddr) -> FlowRule {
+        krule.ingress_ifindex = self.ingress_of(addr).socket;
+        krule
     }
 
     pub fn mode(&self) -> DataplaneMode {
@@ -211,8 +258,9 @@ impl Dataplane {
         let reset = old
             .as_ref()
             .is_none_or(|o| o.policy != rule.policy || o.peer != rule.peer);
-        let krule = rule.to_kernel(monotonic_ns(), self.ingress_of(rule.local.ip()));
-        self.forwarder.install(&rule, krule, reset)?;
+        let krule = rule.to_kernel(monotonic_ns(), self.ingress_of(rule.local.ip()).xdp);
+        self.forwarder
+            .install(&rule, self.for_sockets(krule, rule.local.ip()), reset)?;
         // A fallback rule has no kernel entries to keep.
         let in_kernel = old.is_some() && !self.fallback.contains(&rule.local);
         if let Some(kernel) = &mut self.kernel {
@@ -429,4 +477,45 @@ pub fn views_from_maps(maps: &maps::FlowMaps) -> Vec<RuleView> {
         .collect();
     out.sort_by_key(|v| v.rule.local);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn iface(device: &str, address: &str) -> Interface {
+        Interface {
+            name: "i".into(),
+            device: device.into(),
+            address: address.parse().unwrap(),
+            port_min: 30000,
+            port_max: 30099,
+            source_policy: crate::rule::Policy::Strict,
+            srtp: crate::media::SrtpPolicy::Optional,
+        }
+    }
+
+    #[test]
+    fn ingress_devices_as_each_data_plane_sees_them() {
+        let lo = kernel::ifindex("lo").unwrap();
+        let got = ingress_devices(&[
+            // The address lives on the device: both planes check it.
+            iface("lo", "127.0.0.1"),
+            // It lives elsewhere (here: nowhere): the sockets' device says
+            // nothing, XDP still checks its own.
+            iface("lo", "192.0.2.254"),
+            // No such device: nothing is bound.
+            iface("no-such-dev0", "192.0.2.253"),
+        ]);
+        let at = |a: &str| got.get(&a.parse::<IpAddr>().unwrap()).copied();
+        assert_eq!(
+            at("127.0.0.1"),
+            Some(Ingress {
+                xdp: lo,
+                socket: lo
+            })
+        );
+        assert_eq!(at("192.0.2.254"), Some(Ingress { xdp: lo, socket: 0 }));
+        assert_eq!(at("192.0.2.253"), None);
+    }
 }
