@@ -53,8 +53,10 @@ struct Entry {
     stats: FlowStats,
     out: Arc<UdpSocket>,
     /// SRTP contexts of SRTP flows. Kept in the entry, under the entries
-    /// lock the packet path already holds, so no second lock per packet.
-    crypto: Option<FlowCrypto>,
+    /// lock the packet path already holds, so no second lock per packet;
+    /// boxed because the crypto library's key schedules make it kilobytes,
+    /// which every insert and removal of an entry would copy.
+    crypto: Option<Box<FlowCrypto>>,
 }
 
 /// A bound relay endpoint and how many rules use it (0: idle in the pool).
@@ -121,7 +123,9 @@ impl Forwarder {
         let crypto = match old {
             Some(ref e) if e.rule.srtp == rule.srtp && !reset_state => None,
             _ => Some(match &rule.srtp {
-                Some(keys) => FlowCrypto::new(keys).context("SRTP keys of the rule")?,
+                Some(keys) => FlowCrypto::new(keys)
+                    .context("SRTP keys of the rule")?
+                    .map(Box::new),
                 None => None,
             }),
         };
