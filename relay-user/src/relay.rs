@@ -167,10 +167,9 @@ impl Relay {
     /// One MOS sample of every rule that received RTP since its last one,
     /// stamped `unix_s`.
     pub fn take_mos_samples(&mut self, unix_s: u64) {
-        let locals: Vec<SocketAddr> = self.dp.rules().map(|r| r.local).collect();
-        for local in locals {
-            if let Some(q) = self.dp.quality(local) {
-                self.mos.entry(local).or_default().sample(&q, unix_s);
+        for rule in self.dp.rules() {
+            if let Some(q) = self.dp.quality(rule.local) {
+                self.mos.entry(rule.local).or_default().sample(&q, unix_s);
             }
         }
     }
@@ -185,16 +184,14 @@ impl Relay {
     fn retire(&mut self, local: SocketAddr) {
         self.installed_ns.remove(&local);
         self.mos.remove(&local);
-        if let Some(v) = self.dp.view(local) {
-            if let Some(x) = &v.xdp {
-                self.retired.xdp_packets += x.packets;
-                self.retired.xdp_bytes += x.bytes;
-            }
-            if let Some(u) = &v.userspace {
-                self.retired.userspace_packets += u.packets;
-                self.retired.userspace_bytes += u.bytes;
-            }
+        // Only the counters: not the state and quality a whole view reads.
+        let (kernel, user) = self.dp.path_stats(local);
+        if let Some(x) = kernel {
+            self.retired.xdp_packets += x.packets;
+            self.retired.xdp_bytes += x.bytes;
         }
+        self.retired.userspace_packets += user.packets;
+        self.retired.userspace_bytes += user.bytes;
     }
 
     fn apply(&mut self, changes: Vec<RuleChange>) -> Result<(), RelayError> {

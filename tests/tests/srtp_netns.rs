@@ -73,6 +73,28 @@ fn call(c: &mut Client, t: &Topology, r: &Request) -> Value {
         .unwrap_or_else(|e| panic!("{r:?}: {e}\nrelayd log:\n{}", t.relayd_log()))
 }
 
+/// The SRTP callee (198.51.100.10:5000, tag "b") answers call `call_id`
+/// with its own `a=crypto` line; returns the SDP the relay gives the caller.
+fn callee_answers_srtp(
+    c: &mut Client,
+    t: &Topology,
+    call_id: &str,
+    line: &CryptoAttribute,
+) -> String {
+    let v = call(
+        c,
+        t,
+        &Request::Answer {
+            call_id: call_id.into(),
+            from_tag: "a".into(),
+            to_tag: "b".into(),
+            sdp: sdp("198.51.100.10", 5000, "RTP/SAVP", &[line.to_sdp_value()]),
+            policy: None,
+        },
+    );
+    v["sdp"].as_str().unwrap().to_string()
+}
+
 /// The control socket's view of the rule on `local` (raw JSON: the SRTP
 /// mode is serialized, never read back).
 fn rule_view(t: &Topology, local: SocketAddr) -> Value {
@@ -139,23 +161,7 @@ fn transcrypt(mode: &str) {
         .unwrap()
         .clone();
     let callee_line = relay_line.answer().unwrap();
-    let v = call(
-        &mut c,
-        &t,
-        &Request::Answer {
-            call_id: "srtp-1".into(),
-            from_tag: "a".into(),
-            to_tag: "b".into(),
-            sdp: sdp(
-                "198.51.100.10",
-                5000,
-                "RTP/SAVP",
-                &[callee_line.to_sdp_value()],
-            ),
-            policy: None,
-        },
-    );
-    let to_caller = v["sdp"].as_str().unwrap().to_string();
+    let to_caller = callee_answers_srtp(&mut c, &t, "srtp-1", &callee_line);
     assert!(to_caller.contains(" RTP/AVP 0 101\r\n"), "{to_caller}");
     assert!(!to_caller.contains("a=crypto"), "{to_caller}");
     let relay_out = sdp_media_endpoint(&to_callee);
@@ -392,23 +398,7 @@ fn passthrough_authenticated_latching_then_xdp() {
         "{to_callee}"
     );
     let callee_line = caller_line.answer().unwrap();
-    let v = call(
-        &mut c,
-        &t,
-        &Request::Answer {
-            call_id: "pt-1".into(),
-            from_tag: "a".into(),
-            to_tag: "b".into(),
-            sdp: sdp(
-                "198.51.100.10",
-                5000,
-                "RTP/SAVP",
-                &[callee_line.to_sdp_value()],
-            ),
-            policy: None,
-        },
-    );
-    let to_caller = v["sdp"].as_str().unwrap().to_string();
+    let to_caller = callee_answers_srtp(&mut c, &t, "pt-1", &callee_line);
     let relay_in = sdp_media_endpoint(&to_caller);
     let relay_out = sdp_media_endpoint(&to_callee);
     let up = rule_view(&t, relay_in);

@@ -354,9 +354,7 @@ impl Dataplane {
         let rule = self.rules.get(&local)?;
         let kstate = self.kernel.as_ref().and_then(|k| k.maps.state(&rule.key()));
         let ustate = self.forwarder.state(local);
-        RuleView::new(rule.clone(), None, None, None, 0)
-            .with_quality(kstate.as_ref(), ustate.as_ref())
-            .quality
+        QualityView::of_paths(kstate.as_ref(), ustate.as_ref(), rule.clock_rate, None)
     }
 
     fn view_of(&self, rule: &Rule, now: u64) -> RuleView {
@@ -376,14 +374,21 @@ impl Dataplane {
         .with_quality(kstate.as_ref(), ustate.as_ref())
     }
 
-    /// CLOCK_MONOTONIC ns of the last packet accepted on `local`, either path.
-    pub fn last_seen_ns(&self, local: SocketAddr) -> Option<u64> {
-        let user = self.forwarder.stats(local).last_seen_ns;
+    /// The counters of `local`'s rule on each path (kernel, forwarder), and
+    /// nothing else: what the media timeout and the retired totals need.
+    pub fn path_stats(&self, local: SocketAddr) -> (Option<FlowStats>, FlowStats) {
         let kernel = self
             .kernel
             .as_ref()
-            .map_or(0, |k| k.maps.stats(&rule::key_of(local)).last_seen_ns);
-        Some(user.max(kernel)).filter(|t| *t != 0)
+            .map(|k| k.maps.stats(&rule::key_of(local)));
+        (kernel, self.forwarder.stats(local))
+    }
+
+    /// CLOCK_MONOTONIC ns of the last packet accepted on `local`, either path.
+    pub fn last_seen_ns(&self, local: SocketAddr) -> Option<u64> {
+        let (kernel, user) = self.path_stats(local);
+        let kernel = kernel.map_or(0, |k| k.last_seen_ns);
+        Some(user.last_seen_ns.max(kernel)).filter(|t| *t != 0)
     }
 
     pub fn counters(&self) -> CountersView {

@@ -85,6 +85,26 @@ pub struct QualityView {
 }
 
 impl QualityView {
+    /// The figures of whichever path received more of the stream (see
+    /// [`RuleView::with_quality`]); None when neither saw RTP.
+    pub fn of_paths(
+        kernel: Option<&FlowState>,
+        user: Option<&FlowState>,
+        clock_rate: u32,
+        idle_ms: Option<u64>,
+    ) -> Option<Self> {
+        let k = kernel.map(|s| &s.quality);
+        let u = user.map(|s| &s.quality);
+        let received = |q: Option<&RtpQuality>| q.map_or(0, RtpQuality::total_received);
+        let (q, path) = match (k, u) {
+            (Some(k), _) if received(Some(k)) >= received(u) => (k, "xdp"),
+            (_, Some(u)) => (u, "userspace"),
+            (Some(k), None) => (k, "xdp"),
+            (None, None) => return None,
+        };
+        Self::new(q, clock_rate, idle_ms, path)
+    }
+
     /// From one path's quality state; None when it saw no RTP.
     pub fn new(q: &RtpQuality, clock_rate: u32, idle_ms: Option<u64>, path: &str) -> Option<Self> {
         if q.total_received() == 0 {
@@ -163,21 +183,12 @@ impl RuleView {
     /// path that received more of the stream speaks, the kernel on a tie.
     /// Silence is judged on the latest packet of either path.
     pub fn with_quality(mut self, kernel: Option<&FlowState>, user: Option<&FlowState>) -> Self {
-        let k = kernel.map(|s| &s.quality);
-        let u = user.map(|s| &s.quality);
-        let received = |q: Option<&RtpQuality>| q.map_or(0, RtpQuality::total_received);
-        let (q, path) = match (k, u) {
-            (Some(k), _) if received(Some(k)) >= received(u) => (k, "xdp"),
-            (_, Some(u)) => (u, "userspace"),
-            (Some(k), None) => (k, "xdp"),
-            (None, None) => return self,
-        };
         let idle_ms = [&self.xdp, &self.userspace]
             .into_iter()
             .flatten()
             .filter_map(|s| s.idle_ms)
             .min();
-        self.quality = QualityView::new(q, self.rule.clock_rate, idle_ms, path);
+        self.quality = QualityView::of_paths(kernel, user, self.rule.clock_rate, idle_ms);
         self
     }
 

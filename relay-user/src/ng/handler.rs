@@ -654,7 +654,8 @@ impl Ng {
                     } else {
                         totals.rtp.add(figures);
                         let quality = view.as_ref().and_then(|v| v.quality.as_ref());
-                        let mos = relay.mos.get(&local).cloned().unwrap_or_default();
+                        let never_sampled = MosHistory::default();
+                        let mos = relay.mos.get(&local).unwrap_or(&never_sampled);
                         if let (Some(q), Some(h)) = (quality, mos.report(quality, clock.unix_s)) {
                             ssrcs.push((q.ssrc.to_string().into_bytes(), ssrc_value(q, &h)));
                         }
