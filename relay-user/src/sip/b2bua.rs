@@ -477,8 +477,10 @@ impl B2bua {
         let mine: Vec<SocketAddr> = self
             .local
             .iter()
+            // The listeners whose family can reach the peer, as the
+            // transport picks its sockets.
             .filter(|(k, a)| {
-                *k == transport && (a.is_ipv4() == peer.is_ipv4() || a.ip().is_unspecified())
+                *k == transport && super::transport::fits(*a, SocketAddr::new(peer, 0))
             })
             .map(|(_, a)| *a)
             .collect();

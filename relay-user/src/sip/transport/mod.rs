@@ -861,7 +861,7 @@ pub fn dial_backoff(failures: u32) -> Duration {
 
 /// Can a socket bound to `local` send to `to`? (A socket bound to `[::]`
 /// is dual-stack and reaches IPv4 through mapped addresses.)
-fn fits(local: SocketAddr, to: SocketAddr) -> bool {
+pub(crate) fn fits(local: SocketAddr, to: SocketAddr) -> bool {
     match (local.ip(), to.ip()) {
         (IpAddr::V4(_), IpAddr::V4(_)) | (IpAddr::V6(_), IpAddr::V6(_)) => true,
         (IpAddr::V6(l), IpAddr::V4(_)) => l.is_unspecified(),
