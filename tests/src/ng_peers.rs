@@ -748,3 +748,36 @@ impl NgClient {
         self.request(&Value::Dict(vec![(b"command".to_vec(), Value::str(name))]))
     }
 }
+
+/// rtpengine's command line as the benchmarks run it against relayd: Debian's
+/// `rtpengine-daemon` in userspace only (`--table=-1`: no kernel module
+/// here), no configuration file, calls deleted at once, logging to stderr,
+/// the relay's two interfaces and the media port range, NG on `ng`.
+pub fn rtpengine_args(
+    inside: &str,
+    outside: &str,
+    threads: u32,
+    ng: &str,
+    pid_dir: &Path,
+) -> Vec<String> {
+    [
+        "--config-file=none",
+        "--foreground",
+        "--log-stderr",
+        "--log-level=4",
+        "--table=-1",
+        "--delete-delay=0",
+        "--port-min=30000",
+        "--port-max=49999",
+    ]
+    .map(String::from)
+    .into_iter()
+    .chain([
+        format!("--interface=inside/{inside}"),
+        format!("--interface=outside/{outside}"),
+        format!("--num-threads={threads}"),
+        format!("--listen-ng={ng}"),
+        format!("--pidfile={}/rtpengine.pid", pid_dir.display()),
+    ])
+    .collect()
+}

@@ -168,42 +168,26 @@ fn bench(what: Benchmark, json: bool) -> Result<()> {
         host::ensure_tools()?;
         host::ensure_bpffs()?;
     }
-    let mut run = cargo();
-    run.args([
-        "run",
-        "--release",
-        "-p",
-        "relay-tests",
-        "--bin",
-        bin,
-        "--",
-        &what,
-    ]);
-    if json {
-        run.arg("--json");
-    }
-    cmd::run(&mut run)?;
+    run_bench_bin(bin, &[&what], json)?;
     if what == "srtp" {
         // The forwarding half: relayd's transcrypt and re-key against
         // rtpengine through the namespace topology (root).
         cmd::header("benchmark: srtp forwarding");
         host::ensure_bpffs()?;
-        let mut run = cargo();
-        run.args([
-            "run",
-            "--release",
-            "-p",
-            "relay-tests",
-            "--bin",
-            "relay-bench-srtp-fwd",
-            "--",
-        ]);
-        if json {
-            run.arg("--json");
-        }
-        cmd::run(&mut run)?;
+        run_bench_bin("relay-bench-srtp-fwd", &[], json)?;
     }
     Ok(())
+}
+
+/// `cargo run --release` of one of relay-tests' benchmark binaries.
+fn run_bench_bin(bin: &str, args: &[&str], json: bool) -> Result<()> {
+    let mut run = cargo();
+    run.args(["run", "--release", "-p", "relay-tests", "--bin", bin, "--"])
+        .args(args);
+    if json {
+        run.arg("--json");
+    }
+    cmd::run(&mut run)
 }
 
 fn demo() -> Result<()> {

@@ -33,6 +33,7 @@ use anyhow::{Context, Result, bail};
 use relay_tests::{
     bench_report::{cpu_model, kernel_release, median, pin_current_thread, thousands, utc_minute},
     netns::NetNs,
+    ng_peers::rtpengine_args,
     unique_name,
 };
 use relay_user::ng::bencode::{self, Value};
@@ -273,21 +274,13 @@ ports = "40000-49999"
 
     fn start_rtpengine(&self, bin: &Path) -> Result<Proc> {
         let mut cmd = self.command(bin);
-        cmd.args([
-            "--config-file=none",
-            "--foreground",
-            "--log-stderr",
-            "--log-level=4",
-            "--table=-1",
-            "--delete-delay=0",
-            "--interface=inside/192.0.2.2",
-            "--interface=outside/198.51.100.2",
-            "--port-min=30000",
-            "--port-max=49999",
-            "--num-threads=2",
-        ])
-        .arg(format!("--listen-ng={RTPENGINE_NG}"))
-        .arg(format!("--pidfile={}/rtpengine.pid", self.dir.display()));
+        cmd.args(rtpengine_args(
+            "192.0.2.2",
+            "198.51.100.2",
+            2,
+            RTPENGINE_NG,
+            &self.dir,
+        ));
         Proc::spawn(cmd, &self.dir.join("rtpengine.log"))
     }
 

@@ -43,6 +43,7 @@ use std::{
 
 use anyhow::{Context, Result, anyhow, bail};
 use nix::sched::{CloneFlags, setns};
+use relay_tests::ng_peers::rtpengine_args;
 use relay_user::{
     control::Request,
     media::SrtpPolicy,
@@ -466,21 +467,13 @@ fn start_rtpengine(bench: &Bench, bin: &Path, cpu: usize) -> Result<(Child, Path
     let file = File::create(&log)?;
     let ns = File::open(bench.relay.path())?;
     let mut cmd = Command::new(bin);
-    cmd.args([
-        "--config-file=none",
-        "--foreground",
-        "--log-stderr",
-        "--log-level=4",
-        "--table=-1",
-        "--delete-delay=0",
-        "--interface=inside/192.0.2.1",
-        "--interface=outside/198.51.100.1",
-        "--port-min=30000",
-        "--port-max=49999",
-        "--num-threads=1",
-    ])
-    .arg(format!("--listen-ng={RTPENGINE_NG}"))
-    .arg(format!("--pidfile={}/rtpengine.pid", bench.dir().display()))
+    cmd.args(rtpengine_args(
+        "192.0.2.1",
+        "198.51.100.1",
+        1,
+        RTPENGINE_NG,
+        bench.dir(),
+    ))
     .stdin(Stdio::null())
     .stdout(file.try_clone()?)
     .stderr(file);
